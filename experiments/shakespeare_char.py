@@ -1,0 +1,66 @@
+"""The embedded default: a character-level 'baby GPT' on Shakespeare's plays (nanoGPT's CPU recipe).
+
+    python -m launch.main --config=experiments/shakespeare_char.py --workdir=runs/demo
+    python -m launch.main --config=experiments/shakespeare_char.py:smoke --workdir=/tmp/smoke
+
+Variants: '' (the full 2000-step recipe), 'smoke' (a few steps, for tests and quick checks).
+"""
+import ml_collections
+
+from configs import meshes, models, optimizers
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.mode = "pretrain"       # pretrain | eval (validation loss/perplexity of a checkpoint)
+    config.seed = 1337             # parameters, data order and dropout all derive from it
+
+    # Data: the 42 modern-spelling plays concatenated in sorted file-name order, split 90/10.
+    config.data = ml_collections.ConfigDict()
+    config.data.backend = "array"      # seqio (tf.data) | array (NumPy, no TensorFlow) | synthetic
+    config.data.corpus = "shakespeare"  # embedded corpus name, or a .txt file / folder of them
+    config.data.vocab = "char"         # char | sentencepiece
+    config.data.vocab_model = ""       # SentencePiece .model path ('' = the shipped one)
+    config.data.seq_len = 64           # context length (tokens per training window)
+    config.data.batch_size = 12        # global batch, in windows
+    config.data.train_fraction = 0.9   # first 90% of characters train, the rest validation
+    config.data.eval_batches = 50      # validation batches per evaluation (50 x 12 x 64 tokens)
+    config.data.packing = False        # pack documents with segment ids (document tasks)
+    config.data.synthetic_vocab_size = 256  # vocabulary of the synthetic backend
+
+    # Model: 4 layers, 4 heads, d_model 128, GELU MLP, LayerNorm, learned positions, tied
+    # embeddings, no biases, no dropout (see configs/models.py for every field).
+    config.model = models.tiny_char()
+
+    # Optimizer: AdamW lr 1e-3, 100 warm-up steps then cosine to 1e-4, beta2 0.99, wd 0.1, clip 1.
+    config.optimizer = optimizers.adamw(lr=1e-3, min_lr=1e-4, warmup_steps=100, b2=0.99,
+                                        weight_decay=0.1)
+
+    config.train = ml_collections.ConfigDict()
+    config.train.steps = 2000            # optimizer updates
+    config.train.eval_every = 500        # validation loss and a text sample every N steps
+    config.train.checkpoint_every = 1000  # and at the end; resumed automatically
+    config.train.keep_checkpoints = 2    # older checkpoints are deleted
+    config.train.async_checkpoint = True  # save in the background
+    config.train.log_every = 50          # train metrics to metrics.jsonl / TensorBoard
+    config.train.grad_accum_steps = 1    # microbatches per step
+    config.train.z_loss = 0.0            # PaLM's auxiliary 1e-4 * log(Z)^2 (off here)
+    config.train.sample_tokens = 300     # characters generated at each evaluation
+    config.train.sample_prompt = "\n"    # sampling starts from this text
+    config.train.sample_temperature = 0.8
+    config.train.sample_top_k = 0        # 0: sample from the whole distribution
+    config.train.progress = True         # progress bar with ETA
+
+    # Mesh: one device here; the same program shards over (data, fsdp, tensor) on a pod.
+    config.mesh = meshes.data_parallel()
+
+    if variant == "smoke":
+        config.train.steps = 20
+        config.train.eval_every = 10
+        config.train.checkpoint_every = 10
+        config.train.log_every = 5
+        config.train.sample_tokens = 20
+        config.data.eval_batches = 2
+    elif variant:
+        raise ValueError(f"unknown variant {variant!r} of shakespeare_char; use '' or 'smoke'")
+    return config

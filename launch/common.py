@@ -1,0 +1,42 @@
+"""Shared launcher plumbing: top-level config checks, logging, and user-facing error reporting."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from lm.configlib import ConfigError, unknown_key_message
+
+MODES = ("pretrain", "eval")
+TOP_LEVEL_KEYS = ("mode", "seed", "data", "model", "optimizer", "train", "mesh")
+
+
+def validate_top_level(config) -> None:
+    for key in config.keys():
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(unknown_key_message(key, list(TOP_LEVEL_KEYS), "config"))
+    if config.get("mode") not in MODES:
+        raise ConfigError(f"config.mode={config.get('mode')!r} is not one of {', '.join(MODES)}")
+
+
+def setup_logging(workdir: str) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    logging.getLogger("lm").setLevel(logging.INFO)
+    # Orbax and absl are chatty at INFO; the progress bar and metrics tell the story.
+    for name in ("absl", "orbax", "jax._src.xla_bridge"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main_with_clear_errors(fn) -> None:
+    """Runs ``fn``; configuration and input errors print one clear line instead of a traceback."""
+    from lm.train.checkpoint import CheckpointError
+    try:
+        fn()
+    except (ConfigError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except ValueError as e:
+        if type(e).__name__ in ("CorpusError",):
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise

@@ -1,0 +1,86 @@
+"""ModelConfig: the typed form of ``config.model``."""
+from __future__ import annotations
+
+import dataclasses
+
+from lm.configlib import ConfigError, from_section
+
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "relu", "swiglu", "geglu")
+BLOCKS = ("serial", "parallel")
+REMATS = ("none", "minimal", "full")
+ATTENTIONS = ("dot_product", "exact")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Decoder-only Transformer; 0 in a size field means 'derive it' (see the properties)."""
+    vocab_size: int = 0            # 0: taken from the data's vocabulary at build time
+    num_layers: int = 4
+    d_model: int = 128
+    num_heads: int = 4
+    num_kv_heads: int = 0          # 0: = num_heads (MHA); 1: multi-query; other: grouped-query
+    head_dim: int = 0              # 0: d_model // num_heads
+    d_ff: int = 0                  # 0: 4 * d_model
+    max_len: int = 2048            # table size for learned positions
+    positions: str = "learned"     # learned | sinusoidal | rope | alibi | none
+    rope_theta: float = 10_000.0
+    norm: str = "layernorm"        # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"              # gelu | relu | swiglu | geglu
+    block: str = "serial"          # serial (pre-norm GPT) | parallel (PaLM: x + attn(n(x)) + mlp(n(x)))
+    tie_embeddings: bool = True    # output projection = input embedding transposed
+    use_bias: bool = False         # biases in dense layers and LayerNorm
+    dropout: float = 0.0
+    init_std: float = 0.02
+    scale_residual_init: bool = True  # output projections init with std / sqrt(2 * num_layers)
+    scan_layers: bool = False      # stack layers and run them with lax.scan (fast compiles)
+    remat: str = "none"            # none | minimal (save matmul outputs) | full
+    attention: str = "dot_product"  # dot_product: jax.nn.dot_product_attention (cuDNN on GPU) | exact
+    dtype: str = "float32"         # compute dtype of activations and matmuls
+    param_dtype: str = "float32"   # master parameters
+
+    @classmethod
+    def from_config(cls, section) -> "ModelConfig":
+        return from_section(cls, section, "config.model").validated()
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def ff_dim(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+    @property
+    def gated_mlp(self) -> bool:
+        return self.mlp in ("swiglu", "geglu")
+
+    def validated(self) -> "ModelConfig":
+        choices = {"positions": POSITIONS, "norm": NORMS, "mlp": MLPS, "block": BLOCKS,
+                   "remat": REMATS, "attention": ATTENTIONS, "dtype": DTYPES,
+                   "param_dtype": DTYPES}
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ConfigError(f"config.model.{field}={getattr(self, field)!r} is not one of "
+                                  f"{', '.join(allowed)}")
+        for field in ("num_layers", "d_model", "num_heads"):
+            if getattr(self, field) <= 0:
+                raise ConfigError(f"config.model.{field} must be positive, got {getattr(self, field)}")
+        if self.num_heads % self.kv_heads:
+            raise ConfigError(f"config.model.num_heads={self.num_heads} must be a multiple of "
+                              f"num_kv_heads={self.kv_heads}")
+        if not self.head_dim and self.d_model % self.num_heads:
+            raise ConfigError(f"config.model.d_model={self.d_model} is not divisible by num_heads="
+                              f"{self.num_heads}; set config.model.head_dim explicitly")
+        if self.positions == "rope" and self.dim_per_head % 2:
+            raise ConfigError("config.model.positions='rope' needs an even head_dim")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"config.model.dropout must be in [0, 1), got {self.dropout}")
+        return self

@@ -1,0 +1,114 @@
+"""Basic layers with logical axis names on every parameter: dense, embedding, norms, MLP."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lm.models.config import ModelConfig
+from lm.parallel.axes import constrain
+
+
+def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Sequence[Optional[str]],
+          dtype) -> nnx.Param:
+    """A parameter whose metadata names its axes (resolved to mesh axes by lm.parallel)."""
+    if len(shape) != len(axes):
+        raise ValueError(f"shape {tuple(shape)} and axes {tuple(axes)} differ in length")
+    return nnx.Param(init(rngs.params(), tuple(shape), dtype),
+                     out_sharding=tuple(axes), eager_sharding=False)
+
+
+def dropout(x: jax.Array, rate: float, rng: Optional[jax.Array]) -> jax.Array:
+    """Inverted dropout; a no-op without an rng (evaluation) or at rate 0."""
+    if rate == 0.0 or rng is None:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class Dense(nnx.Module):
+    """y = x @ W (+ b) contracting the last ``len(in_shape)`` axes of x.
+
+    ``in_shape``/``out_shape`` may be multi-dimensional (e.g. out (heads, head_dim)) so that
+    parameters keep per-head axes that the rules table can shard.
+    """
+
+    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int],
+                 in_axes: Sequence[str], out_axes: Sequence[str], *, cfg: ModelConfig,
+                 rngs: nnx.Rngs, std: Optional[float] = None):
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        self.dtype = jnp.dtype(cfg.dtype)
+        init = jax.nn.initializers.normal(cfg.init_std if std is None else std)
+        self.kernel = param(rngs, init, self.in_shape + self.out_shape,
+                            tuple(in_axes) + tuple(out_axes), cfg.param_dtype)
+        self.bias = (param(rngs, jax.nn.initializers.zeros, self.out_shape, out_axes,
+                           cfg.param_dtype) if cfg.use_bias else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n_in, n_out = len(self.in_shape), len(self.out_shape)
+        kernel = self.kernel[...].astype(self.dtype)
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel,
+                                ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class Embed(nnx.Module):
+    """Token embedding [vocab, embed]; ``attend`` gives logits with the tied table."""
+
+    def __init__(self, vocab_size: int, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.dtype = jnp.dtype(cfg.dtype)
+        self.embedding = param(rngs, jax.nn.initializers.normal(cfg.init_std),
+                               (vocab_size, cfg.d_model), ("vocab", "embed"), cfg.param_dtype)
+
+    def __call__(self, tokens_bt: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], tokens_bt, axis=0).astype(self.dtype)
+
+    def attend(self, x_btd: jax.Array) -> jax.Array:
+        return jnp.einsum("btd,vd->btv", x_btd, self.embedding[...].astype(self.dtype))
+
+
+class Norm(nnx.Module):
+    """LayerNorm (scale, optional bias) or RMSNorm (scale only); statistics in float32."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.kind, self.eps, self.dtype = cfg.norm, cfg.norm_eps, jnp.dtype(cfg.dtype)
+        self.scale = param(rngs, jax.nn.initializers.ones, (cfg.d_model,), ("norm",), cfg.param_dtype)
+        self.bias = (param(rngs, jax.nn.initializers.zeros, (cfg.d_model,), ("norm",),
+                           cfg.param_dtype) if cfg.use_bias and cfg.norm == "layernorm" else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        if self.kind == "layernorm":
+            x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        y = y * self.scale[...].astype(jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+_ACTIVATIONS = {"gelu": lambda x: jax.nn.gelu(x, approximate=False), "relu": jax.nn.relu,
+                "swiglu": jax.nn.silu, "geglu": lambda x: jax.nn.gelu(x, approximate=False)}
+
+
+class MLP(nnx.Module):
+    """Feed-forward block: act(x W_in) W_out, or (act(x W_gate) * x W_up) W_out when gated."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        d, f = cfg.d_model, cfg.ff_dim
+        out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5 if cfg.scale_residual_init else None
+        self.activation, self.gated, self.rate = _ACTIVATIONS[cfg.mlp], cfg.gated_mlp, cfg.dropout
+        self.wi = Dense((d,), (f,), ("embed",), ("mlp",), cfg=cfg, rngs=rngs)
+        self.wi_up = Dense((d,), (f,), ("embed",), ("mlp",), cfg=cfg, rngs=rngs) if self.gated else None
+        self.wo = Dense((f,), (d,), ("mlp",), ("embed",), cfg=cfg, rngs=rngs, std=out_std)
+
+    def __call__(self, x_btd: jax.Array, rng: Optional[jax.Array] = None) -> jax.Array:
+        h_btf = self.activation(self.wi(x_btd))
+        if self.gated:
+            h_btf = h_btf * self.wi_up(x_btd)
+        h_btf = constrain(h_btf, ("activation_batch", "activation_length", "activation_mlp"))
+        return dropout(self.wo(h_btf), self.rate, rng)

@@ -1,0 +1,121 @@
+"""Decoder-only Transformer (GPT / PaLM family) as a Flax NNX module.
+
+  tokens [B, T] -> embed (+ learned/sinusoidal positions) -> N blocks -> norm -> logits [B, T, V]
+
+A block is serial (pre-norm GPT: x + attn(n1(x)), then + mlp(n2(x))) or parallel (PaLM:
+x + attn(n(x)) + mlp(n(x))). Layers are a list, or stacked on a leading 'layers' axis and run
+with ``lax.scan`` (``scan_layers``) so that compile time does not grow with depth. Either way a
+block runs through one pure function of (block state, x), so remat applies identically.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lm.models import positions as pos
+from lm.models.attention import Attention
+from lm.models.config import ModelConfig
+from lm.models.layers import MLP, Dense, Embed, Norm, dropout, param
+from lm.parallel.axes import constrain
+
+_X_AXES = ("activation_batch", "activation_length", "activation_embed")
+_LOGIT_AXES = ("activation_batch", "activation_length", "activation_vocab")
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _fold(rng: Optional[jax.Array], i) -> Optional[jax.Array]:
+    return None if rng is None else jax.random.fold_in(rng, i)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.parallel = cfg.block == "parallel"
+        self.attn_norm = Norm(cfg, rngs)
+        self.attention = Attention(cfg, rngs)
+        self.mlp_norm = None if self.parallel else Norm(cfg, rngs)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x_btd, positions_bt, segment_ids_bt=None, rng=None):
+        h_btd = self.attn_norm(x_btd)
+        attn_btd = self.attention(h_btd, positions_bt, segment_ids_bt, _fold(rng, 0))
+        if self.parallel:
+            x_btd = x_btd + attn_btd + self.mlp(h_btd, _fold(rng, 1))
+        else:
+            x_btd = x_btd + attn_btd
+            x_btd = x_btd + self.mlp(self.mlp_norm(x_btd), _fold(rng, 1))
+        return constrain(x_btd, _X_AXES)
+
+
+def _make_stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+    """num_layers blocks whose parameters share a leading axis named 'layers'."""
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(block_rngs):
+        return Block(cfg, block_rngs)
+    return make(rngs)
+
+
+class Decoder(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        if cfg.vocab_size <= 0:
+            raise ValueError("ModelConfig.vocab_size must be set before building the model")
+        self.cfg = cfg
+        self.embed = Embed(cfg.vocab_size, cfg, rngs)
+        self.position_embedding = (
+            param(rngs, jax.nn.initializers.normal(cfg.init_std), (cfg.max_len, cfg.d_model),
+                  ("position", "embed"), cfg.param_dtype) if cfg.positions == "learned" else None)
+        if cfg.scan_layers:
+            self.blocks = _make_stacked_blocks(cfg, rngs)
+        else:
+            self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = Norm(cfg, rngs)
+        self.head = (None if cfg.tie_embeddings else
+                     Dense((cfg.d_model,), (cfg.vocab_size,), ("embed",), ("vocab",), cfg=cfg, rngs=rngs))
+
+    def __call__(self, tokens_bt: jax.Array, positions_bt: Optional[jax.Array] = None,
+                 segment_ids_bt: Optional[jax.Array] = None,
+                 dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+        """Logits [B, T, V] in the compute dtype. ``dropout_rng=None`` means deterministic."""
+        if positions_bt is None:
+            positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
+        x_btd = self._embed(tokens_bt, positions_bt, _fold(dropout_rng, 0))
+        x_btd = self._run_blocks(x_btd, positions_bt, segment_ids_bt, _fold(dropout_rng, 1))
+        x_btd = self.final_norm(x_btd)
+        logits_btv = self.embed.attend(x_btd) if self.head is None else self.head(x_btd)
+        return constrain(logits_btv, _LOGIT_AXES)
+
+    def _embed(self, tokens_bt, positions_bt, rng):
+        x_btd = self.embed(tokens_bt)
+        if self.cfg.positions == "learned":
+            table = self.position_embedding[...].astype(x_btd.dtype)
+            x_btd = x_btd + jnp.take(table, positions_bt, axis=0)
+        elif self.cfg.positions == "sinusoidal":
+            x_btd = x_btd + pos.sinusoidal(positions_bt, self.cfg.d_model).astype(x_btd.dtype)
+        return constrain(dropout(x_btd, self.cfg.dropout, rng), _X_AXES)
+
+    def _run_blocks(self, x_btd, positions_bt, segment_ids_bt, rng):
+        def apply_block(block_state, x, index):
+            block = nnx.merge(graphdef, block_state)
+            return block(x, positions_bt, segment_ids_bt, _fold(rng, index))
+
+        if self.cfg.remat != "none":
+            apply_block = jax.checkpoint(apply_block, policy=REMAT_POLICIES[self.cfg.remat])
+        if self.cfg.scan_layers:
+            graphdef, stacked_state = nnx.split(self.blocks)
+
+            def body(x, layer):
+                block_state, index = layer
+                return apply_block(block_state, x, index), None
+            x_btd, _ = jax.lax.scan(body, x_btd, (stacked_state, jnp.arange(self.cfg.num_layers)))
+            return x_btd
+        for index, block in enumerate(self.blocks):
+            graphdef, block_state = nnx.split(block)
+            x_btd = apply_block(block_state, x_btd, index)
+        return x_btd

@@ -1,0 +1,96 @@
+"""Logical axis names -> mesh axes, in one place.
+
+Layers name the axes of their parameters and key activations (``'embed'``, ``'mlp'``,
+``'activation_batch'``, ...). A rules table, a list of ``(logical name, mesh axes)`` pairs, maps
+them onto the named device mesh; changing the parallelism layout swaps the table, never a model
+file. The trainer installs ``(mesh, rules)`` with :func:`axis_rules` while it traces the step, and
+:func:`constrain` turns an activation's logical names into a sharding constraint (a no-op when no
+mesh is installed, so models also run eagerly on one device).
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Iterator, Optional, Sequence, Union
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MeshAxes = Union[None, str, tuple[str, ...]]
+Rules = tuple[tuple[str, MeshAxes], ...]
+
+# Parameter axes: vocab, embed, mlp, heads, kv_heads, kv (per-head features), layers, position.
+# Activation axes carry an 'activation_' prefix so that, e.g., FSDP can shard the parameter's
+# 'embed' axis without sharding the activations' feature axis.
+STANDARD_RULES: Rules = (
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("kv", None),
+    ("layers", None),
+    ("position", None),
+    ("norm", None),
+)
+
+_CONTEXT: contextvars.ContextVar[Optional[tuple[Mesh, Rules]]] = contextvars.ContextVar(
+    "lm_axis_rules", default=None)
+
+
+@contextlib.contextmanager
+def axis_rules(mesh: Mesh, rules: Rules = STANDARD_RULES) -> Iterator[None]:
+    """Installs (mesh, rules) for :func:`constrain` while tracing model code."""
+    token = _CONTEXT.set((mesh, tuple(rules)))
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def logical_to_spec(names: Sequence[Optional[str]], rules: Rules = STANDARD_RULES,
+                    mesh: Optional[Mesh] = None) -> PartitionSpec:
+    """Maps logical axis names to a PartitionSpec; a mesh axis is used at most once per array.
+
+    Mesh axes of size 1 (or absent from ``mesh``) are dropped, so specs stay minimal.
+    """
+    table = dict(rules)
+    used: set[str] = set()
+    spec = []
+    for name in names:
+        if name is not None and name not in table:
+            raise KeyError(f"logical axis {name!r} has no rule; add it to the rules table "
+                           f"(known: {', '.join(sorted(table))})")
+        axes = table.get(name) if name is not None else None
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        kept = tuple(a for a in axes if a not in used
+                     and (mesh is None or mesh.shape.get(a, 1) > 1))
+        used.update(kept)
+        spec.append(None if not kept else kept[0] if len(kept) == 1 else kept)
+    return PartitionSpec(*spec)
+
+
+def current_mesh() -> Optional[Mesh]:
+    ctx = _CONTEXT.get()
+    return ctx[0] if ctx else None
+
+
+def constrain(x: jax.Array, names: Sequence[Optional[str]]) -> jax.Array:
+    """Sharding constraint on an activation by logical names (no-op without installed rules)."""
+    ctx = _CONTEXT.get()
+    if ctx is None:
+        return x
+    mesh, rules = ctx
+    if mesh.size == 1:
+        return x
+    if len(names) != x.ndim:
+        raise ValueError(f"{len(names)} axis names {tuple(names)} for an array of shape {x.shape}")
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, rules, mesh)))

@@ -1,0 +1,68 @@
+"""Observability: metrics.jsonl + TensorBoard events in the workdir, and the FLOP model for MFU."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from lm.models.config import ModelConfig
+
+
+def flops_per_token(cfg: ModelConfig, num_params: int, position_params: int, seq_len: int) -> float:
+    """PaLM appendix B: 6N + 12 L H Q T training FLOPs per token (matmuls only).
+
+    N counts every parameter that takes part in a matmul: all but the learned position table
+    (a lookup); a tied embedding counts once, for the output projection.
+    """
+    n = num_params - position_params
+    attention = 12 * cfg.num_layers * cfg.num_heads * cfg.dim_per_head * seq_len
+    return 6.0 * n + attention
+
+
+def _scalar(value: Any) -> float:
+    return float(np.asarray(value))
+
+
+class MetricsWriter:
+    """Appends one JSON object per call to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if enabled:
+            os.makedirs(workdir, exist_ok=True)
+            try:
+                from tensorboardX import SummaryWriter
+                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            except ImportError:  # TensorBoard is optional; metrics.jsonl is the record
+                self._tb = None
+
+    def write(self, step: int, scalars: Mapping[str, Any]) -> dict:
+        row = {"step": int(step), **{k: _scalar(v) for k, v in scalars.items()}}
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if self._tb is not None:
+                for key, value in row.items():
+                    if key != "step":
+                        self._tb.add_scalar(key, value, step)
+        return row
+
+    def write_text(self, step: int, tag: str, text: str) -> None:
+        if self.enabled and self._tb is not None:
+            self._tb.add_text(tag, text, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

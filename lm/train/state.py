@@ -1,0 +1,66 @@
+"""Train state and its sharded creation (parameters are initialised already sharded, under jit)."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from lm import models
+from lm.parallel import sharding as shd
+from lm.parallel.axes import STANDARD_RULES, Rules, axis_rules
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array   # int32 scalar: optimizer updates applied so far
+    params: Any       # pure dict, the structure of nnx.split(model)[1].to_pure_dict()
+    opt_state: Any
+
+
+def abstract_model(cfg: models.ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    """Graph definition and parameter shapes, without allocating memory."""
+    return nnx.split(nnx.eval_shape(lambda: models.build(cfg)))
+
+
+def param_count(abstract_state: nnx.State) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(abstract_state.to_pure_dict()))
+
+
+def state_shardings(abstract_state: nnx.State, optimizer: optax.GradientTransformation,
+                    mesh: Mesh, rules: Rules = STANDARD_RULES) -> TrainState:
+    """Shardings of every TrainState leaf: parameters by the rules, optimizer state alike."""
+    params = abstract_state.to_pure_dict()
+    params_shardings = shd.param_shardings(abstract_state, mesh, rules)
+    opt_shapes = jax.eval_shape(optimizer.init, params)
+    return TrainState(step=shd.replicated(mesh), params=params_shardings,
+                      opt_state=shd.like_params(opt_shapes, params, params_shardings, mesh))
+
+
+def abstract_train_state(abstract_state: nnx.State, optimizer: optax.GradientTransformation,
+                         shardings: TrainState) -> TrainState:
+    """ShapeDtypeStructs with shardings: the restore target and the compile-only input."""
+    params = abstract_state.to_pure_dict()
+    shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                        opt_state=jax.eval_shape(optimizer.init, params))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, shardings)
+
+
+def create_state(cfg: models.ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
+                 seed: int, rules: Rules = STANDARD_RULES) -> tuple[nnx.GraphDef, TrainState]:
+    """Initialises parameters and optimizer state directly into their shardings."""
+    graphdef, abstract_state = abstract_model(cfg)
+    shardings = state_shardings(abstract_state, optimizer, mesh, rules)
+
+    def init() -> TrainState:
+        params = nnx.split(models.build(cfg, seed))[1].to_pure_dict()
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=optimizer.init(params))
+    with axis_rules(mesh, rules):
+        state = jax.jit(init, out_shardings=shardings)()
+    return graphdef, state

@@ -1,0 +1,98 @@
+"""Pure train and eval steps: (state, batch) -> (state, metrics). jit and shardings are given by
+the caller (lm.train.loop), so these functions can be lowered for any mesh."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from lm.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    z_loss: float = 0.0          # coefficient of log(Z)^2 (PaLM: 1e-4)
+    grad_accum_steps: int = 1    # microbatches per optimizer step
+    seed: int = 0                # dropout rng = fold_in(key(seed), step)
+    packed: bool = False         # batches pack several documents: mask attention by segment_ids
+
+
+def logits_fn(graphdef: nnx.GraphDef, params, batch: Batch, packed: bool = False,
+              dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+    """Logits [B, T, V]. Unpacked batches (one window per row) need no segment mask."""
+    model = nnx.merge(graphdef, params)
+    segment_ids = batch["segment_ids"] if packed else None
+    return model(batch["inputs"], batch["positions"], segment_ids, dropout_rng)
+
+
+def token_losses(logits_btv: jax.Array, targets_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Cross-entropy and log-partition per token, in float32."""
+    logits_btv = logits_btv.astype(jnp.float32)
+    log_z_bt = jax.nn.logsumexp(logits_btv, axis=-1)
+    target_logit_bt = jnp.take_along_axis(logits_btv, targets_bt[..., None], axis=-1)[..., 0]
+    return log_z_bt - target_logit_bt, log_z_bt
+
+
+def loss_sums(graphdef, params, batch: Batch, z_loss: float, packed: bool = False,
+              dropout_rng=None):
+    """Weighted sums (not means) of cross-entropy and z-loss, so microbatches add up exactly."""
+    logits_btv = logits_fn(graphdef, params, batch, packed, dropout_rng)
+    ce_bt, log_z_bt = token_losses(logits_btv, batch["targets"])
+    weights_bt = batch["weights"].astype(jnp.float32)
+    ce_sum = jnp.sum(ce_bt * weights_bt)
+    z_sum = jnp.sum(jnp.square(log_z_bt) * weights_bt)
+    return ce_sum + z_loss * z_sum, (ce_sum, z_sum)
+
+
+def _split_microbatches(batch: Batch, count: int) -> Batch:
+    """[B, ...] -> [count, B / count, ...], taking rows m, m + count, ... for microbatch m, so each
+    device's contiguous slice of the batch axis stays on that device."""
+    def split(x):
+        x = x.reshape(x.shape[0] // count, count, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+    return {k: split(v) for k, v in batch.items()}
+
+
+def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
+                    schedule: Callable, cfg: StepConfig) -> Callable:
+    grad_fn = jax.grad(lambda p, b, rng: loss_sums(graphdef, p, b, cfg.z_loss, cfg.packed, rng),
+                       has_aux=True)
+
+    def accumulate(params, batch, rng):
+        if cfg.grad_accum_steps == 1:
+            return grad_fn(params, batch, rng)
+        micro = _split_microbatches(batch, cfg.grad_accum_steps)
+
+        def body(carry, xs):
+            index, mb = xs
+            grads, aux = grad_fn(params, mb, jax.random.fold_in(rng, index))
+            return jax.tree.map(jnp.add, carry, (grads, aux)), None
+        zeros = (jax.tree.map(jnp.zeros_like, params), (jnp.zeros(()), jnp.zeros(())))
+        indices = jnp.arange(cfg.grad_accum_steps)
+        return jax.lax.scan(body, zeros, (indices, micro))[0]
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
+        total_weight = jnp.maximum(jnp.sum(batch["weights"].astype(jnp.float32)), 1.0)
+        grad_sums, (ce_sum, z_sum) = accumulate(state.params, batch, rng)
+        grads = jax.tree.map(lambda g: g / total_weight, grad_sums)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"train/loss": ce_sum / total_weight, "train/z_loss": z_sum / total_weight,
+                   "train/grad_norm": optax.global_norm(grads), "train/lr": schedule(state.step),
+                   "train/tokens": total_weight}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef, packed: bool = False) -> Callable:
+    def eval_step(params, batch: Batch) -> dict:
+        _, (ce_sum, _) = loss_sums(graphdef, params, batch, 0.0, packed)
+        return {"loss_sum": ce_sum, "weight_sum": jnp.sum(batch["weights"].astype(jnp.float32))}
+    return eval_step

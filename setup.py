@@ -1,0 +1,31 @@
+"""Package `lm`: a JAX/Flax research codebase for large language models."""
+from setuptools import find_packages, setup
+
+setup(
+    name="lm",
+    version="0.1.0",
+    description="JAX/Flax research codebase for large language models (PaLM/Pathways style).",
+    python_requires=">=3.10",
+    packages=find_packages(include=["lm", "lm.*", "configs", "configs.*",
+                                    "experiments", "experiments.*", "launch", "launch.*"]),
+    package_data={"lm.data": ["corpora/*", "vocabs/*"]},
+    install_requires=[
+        "jax>=0.7,<0.13",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "ml-collections>=1.0,<2",
+        "absl-py>=2.0,<3",
+        "numpy>=1.26",
+        "sentencepiece>=0.2,<0.3",
+        "tensorboardX>=2.6,<3",
+        "tqdm>=4.66,<5",
+    ],
+    extras_require={
+        # seqio (and with it TensorFlow) is the default data path, optional at run time.
+        "seqio": ["seqio>=0.0.19"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "gpu": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
+    },
+)
