@@ -35,8 +35,24 @@ def main_with_clear_errors(fn) -> None:
     except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (AttributeError, KeyError) as e:
+        if not _raised_in_ml_collections(e):
+            raise
+        # An override such as --config.train.stpes=5 names a key the experiment does not have.
+        message = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
+        print(f"error: unknown config key in a --config.<key> override: {message}", file=sys.stderr)
+        sys.exit(2)
     except ValueError as e:
-        if type(e).__name__ in ("CorpusError",):
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        raise
+        if type(e).__name__ != "CorpusError":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _raised_in_ml_collections(error: BaseException) -> bool:
+    tb = error.__traceback__
+    while tb is not None:
+        if "ml_collections" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False

@@ -57,10 +57,13 @@ def axis_rules(mesh: Mesh, rules: Rules = STANDARD_RULES) -> Iterator[None]:
 
 
 def logical_to_spec(names: Sequence[Optional[str]], rules: Rules = STANDARD_RULES,
-                    mesh: Optional[Mesh] = None) -> PartitionSpec:
+                    mesh: Optional[Mesh] = None,
+                    shape: Optional[Sequence[int]] = None) -> PartitionSpec:
     """Maps logical axis names to a PartitionSpec; a mesh axis is used at most once per array.
 
-    Mesh axes of size 1 (or absent from ``mesh``) are dropped, so specs stay minimal.
+    Mesh axes of size 1 (or absent from ``mesh``) are dropped, so specs stay minimal. Given the
+    array's ``shape``, a mesh axis that does not divide its dimension is dropped too (e.g. a
+    65-character vocabulary stays replicated under tensor=2 instead of failing).
     """
     table = dict(rules)
     used: set[str] = set()
@@ -73,9 +76,22 @@ def logical_to_spec(names: Sequence[Optional[str]], rules: Rules = STANDARD_RULE
         axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
         kept = tuple(a for a in axes if a not in used
                      and (mesh is None or mesh.shape.get(a, 1) > 1))
+        if shape is not None and mesh is not None:
+            kept = _dividing_prefix(kept, shape[len(spec)], mesh)
         used.update(kept)
         spec.append(None if not kept else kept[0] if len(kept) == 1 else kept)
     return PartitionSpec(*spec)
+
+
+def _dividing_prefix(axes: tuple[str, ...], dim: int, mesh: Mesh) -> tuple[str, ...]:
+    """The longest prefix of ``axes`` whose mesh sizes multiply to a divisor of ``dim``."""
+    size, kept = 1, []
+    for axis in axes:
+        size *= mesh.shape[axis]
+        if dim % size:
+            break
+        kept.append(axis)
+    return tuple(kept)
 
 
 def current_mesh() -> Optional[Mesh]:
@@ -93,4 +109,4 @@ def constrain(x: jax.Array, names: Sequence[Optional[str]]) -> jax.Array:
         return x
     if len(names) != x.ndim:
         raise ValueError(f"{len(names)} axis names {tuple(names)} for an array of shape {x.shape}")
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, rules, mesh)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, rules, mesh, x.shape)))

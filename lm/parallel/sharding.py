@@ -21,8 +21,9 @@ def logical_specs(state: nnx.State) -> dict:
 
 def param_shardings(state: nnx.State, mesh: Mesh, rules: Rules = STANDARD_RULES) -> dict:
     """NamedSharding per parameter, resolved through the rules table."""
-    return jax.tree.map(lambda spec: NamedSharding(mesh, logical_to_spec(tuple(spec), rules, mesh)),
-                        logical_specs(state), is_leaf=_is_spec)
+    def sharding(spec, leaf):
+        return NamedSharding(mesh, logical_to_spec(tuple(spec), rules, mesh, leaf.shape))
+    return jax.tree.map(sharding, logical_specs(state), state.to_pure_dict(), is_leaf=_is_spec)
 
 
 def batch_sharding(mesh: Mesh, rules: Rules = STANDARD_RULES) -> NamedSharding:

@@ -1,0 +1,87 @@
+"""Times the train step after warm-up; the last line is ``tokens_per_sec=<x> mfu=<y>``.
+
+    python -m launch.bench --config=experiments/shakespeare_char.py [--config.<key>=<value> ...]
+
+``mfu`` is relative to the peak matmul throughput measured in this same run on this device (the
+noise-robust figure on shared machines); on GPU/TPU ``mfu_vendor`` uses the datasheet peak too.
+Batches are synthetic tokens shaped like the experiment's, so no TensorFlow is imported.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from launch import common
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment file (path[:variant]).", lock_config=True)
+flags.DEFINE_integer("steps", 60, "Timed train steps (after warm-up).")
+flags.DEFINE_integer("warmup", 5, "Untimed steps (compile, caches).")
+flags.DEFINE_integer("repeats", 3, "Timed windows of --steps; the best is reported.")
+flags.mark_flags_as_required(["config"])
+
+
+def synthetic_batches(vocab_size: int, batch: int, seq_len: int, count: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    positions = np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len)).copy()
+    for _ in range(count):
+        tokens = rng.integers(3, vocab_size, (batch, seq_len + 1), dtype=np.int32)
+        yield {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+               "weights": np.ones((batch, seq_len), np.float32),
+               "segment_ids": np.ones((batch, seq_len), np.int32), "positions": positions}
+
+
+def time_steps(trainer, state, batches, steps: int) -> tuple[float, object]:
+    """Seconds per step over ``steps`` steps, waiting for the device only at the end."""
+    start = time.perf_counter()
+    for batch in batches[:steps]:
+        state, metrics = trainer.train_step(state, batch)
+    jax.block_until_ready(metrics)
+    return (time.perf_counter() - start) / steps, state
+
+
+def memory_report(trainer, state, batch) -> str:
+    compiled = trainer.train_step.lower(state, batch).compile()
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return "memory analysis unavailable on this backend"
+    return (f"per-device bytes: arguments={mem.argument_size_in_bytes:,} "
+            f"outputs={mem.output_size_in_bytes:,} temporaries={mem.temp_size_in_bytes:,}")
+
+
+def main(argv) -> None:
+    del argv
+    from lm.train import hardware
+    from lm.train.loop import Trainer, global_batch
+    config = FLAGS.config
+    common.validate_top_level(config)
+    trainer = Trainer(config, workdir="")
+    exp = trainer.exp
+    peak_measured = hardware.measure_peak_matmul_flops(seconds=2.0)
+    peak_vendor = hardware.vendor_peak_flops()
+    count = FLAGS.warmup + FLAGS.steps
+    batches = [global_batch(b, trainer.batch_sharding) for b in synthetic_batches(
+        exp.model.vocab_size, exp.data.batch_size, exp.data.seq_len, count, exp.seed)]
+    state = trainer.init_state()
+    print(memory_report(trainer, state, batches[0]))
+    _, state = time_steps(trainer, state, batches, FLAGS.warmup)
+    best = float("inf")
+    for _ in range(FLAGS.repeats):
+        seconds, state = time_steps(trainer, state, batches[FLAGS.warmup:], FLAGS.steps)
+        best = min(best, seconds)
+    tokens_per_sec = exp.data.batch_size * exp.data.seq_len / best
+    achieved = tokens_per_sec * trainer.flops_per_token
+    print(f"device={jax.devices()[0].device_kind} devices={jax.device_count()} "
+          f"params={trainer.num_params:,} flops_per_token={trainer.flops_per_token:,.0f} "
+          f"step_ms={best * 1e3:.2f} peak_matmul_measured={peak_measured / 1e9:.1f}GFLOP/s")
+    vendor = f" mfu_vendor={achieved / peak_vendor:.4f}" if peak_vendor else ""
+    print(f"tokens_per_sec={tokens_per_sec:.0f} mfu={achieved / peak_measured:.4f}{vendor}", flush=True)
+
+
+if __name__ == "__main__":
+    common.main_with_clear_errors(lambda: app.run(main))
