@@ -10,7 +10,7 @@ NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "relu", "swiglu", "geglu")
 BLOCKS = ("serial", "parallel")
 REMATS = ("none", "minimal", "full")
-ATTENTIONS = ("dot_product", "exact")
+ATTENTIONS = ("auto", "dot_product", "exact")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -38,7 +38,9 @@ class ModelConfig:
     scale_residual_init: bool = True  # output projections init with std / sqrt(2 * num_layers)
     scan_layers: bool = False      # stack layers and run them with lax.scan (fast compiles)
     remat: str = "none"            # none | minimal (save matmul outputs) | full
-    attention: str = "dot_product"  # dot_product: jax.nn.dot_product_attention (cuDNN on GPU) | exact
+    # auto: jax.nn.dot_product_attention (cuDNN flash attention on GPU) on accelerators, exact
+    # einsum-softmax on CPU (faster there) | dot_product | exact
+    attention: str = "auto"
     dtype: str = "float32"         # compute dtype of activations and matmuls
     param_dtype: str = "float32"   # master parameters
 
