@@ -8,11 +8,10 @@ Batches are synthetic tokens shaped like the experiment's, so no TensorFlow is i
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -26,14 +25,13 @@ flags.DEFINE_integer("repeats", 3, "Timed windows of --steps; the best is report
 flags.mark_flags_as_required(["config"])
 
 
-def synthetic_batches(vocab_size: int, batch: int, seq_len: int, count: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    positions = np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len)).copy()
-    for _ in range(count):
-        tokens = rng.integers(3, vocab_size, (batch, seq_len + 1), dtype=np.int32)
-        yield {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-               "weights": np.ones((batch, seq_len), np.float32),
-               "segment_ids": np.ones((batch, seq_len), np.int32), "positions": positions}
+def synthetic_batches(data_cfg, vocab_size: int, count: int, seed: int) -> list[dict]:
+    """``count`` batches shaped like the experiment's, from the pipeline's synthetic backend."""
+    from lm.data import pipeline
+    cfg = dataclasses.replace(data_cfg, backend="synthetic", synthetic_vocab_size=vocab_size,
+                              packing=False)
+    iterator = pipeline.make_train_iterator(cfg, seed)
+    return [next(iterator) for _ in range(count)]
 
 
 def time_steps(trainer, state, batches, steps: int) -> tuple[float, object]:
@@ -57,7 +55,8 @@ def memory_report(trainer, state, batch) -> str:
 def main(argv) -> None:
     del argv
     from lm.train import hardware
-    from lm.train.loop import Trainer, global_batch
+    from lm.data.loader import to_global
+    from lm.train.loop import Trainer
     config = FLAGS.config
     common.validate_top_level(config)
     trainer = Trainer(config, workdir="")
@@ -65,8 +64,8 @@ def main(argv) -> None:
     peak_measured = hardware.measure_peak_matmul_flops(seconds=2.0)
     peak_vendor = hardware.vendor_peak_flops()
     count = FLAGS.warmup + FLAGS.steps
-    batches = [global_batch(b, trainer.batch_sharding) for b in synthetic_batches(
-        exp.model.vocab_size, exp.data.batch_size, exp.data.seq_len, count, exp.seed)]
+    batches = [to_global(b, trainer.batch_sharding)
+               for b in synthetic_batches(exp.data, exp.model.vocab_size, count, exp.seed)]
     state = trainer.init_state()
     print(memory_report(trainer, state, batches[0]))
     _, state = time_steps(trainer, state, batches, FLAGS.warmup)

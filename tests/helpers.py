@@ -37,9 +37,10 @@ def small_config(steps: int = 4, **model) -> ml_collections.ConfigDict:
     return config
 
 
-def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_module(module: str, *args: str, timeout: int = 600,
+               env: dict | None = None) -> subprocess.CompletedProcess:
     """Runs ``python -m module args`` on one CPU device (no fake-device flag)."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, **(env or {})}
     env["JAX_PLATFORMS"] = "cpu"
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 
 from lm.parallel.axes import axis_rules
-from lm.train.loop import Trainer, global_batch
+from lm.data.loader import to_global
+from lm.train.loop import Trainer
 from lm.train.step import loss_sums
 from tests.helpers import small_config
 
 
 def _loss_and_grads(trainer: Trainer, batch):
     state = trainer.init_state()
-    gbatch = global_batch(batch, trainer.batch_sharding)
+    gbatch = to_global(batch, trainer.batch_sharding)
 
     def fn(params, b):
         with axis_rules(trainer.mesh, trainer.rules):

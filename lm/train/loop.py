@@ -14,11 +14,11 @@ import time
 from typing import Any, Optional
 
 import jax
-import numpy as np
 from tqdm.auto import tqdm
 
 from lm.configlib import ConfigError, from_section
 from lm.data import pipeline as data_lib
+from lm.data.loader import to_global
 from lm.infer.sample import generate
 from lm.models.config import ModelConfig
 from lm.parallel import MeshConfig, batch_axes_size, make_mesh
@@ -130,11 +130,6 @@ def save_config(workdir: str, config, exp: Experiment) -> None:
     os.replace(tmp, os.path.join(workdir, "config.json"))
 
 
-def global_batch(batch: dict, sharding) -> dict:
-    """Host-local NumPy rows -> global jax.Arrays sharded over the batch axes."""
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
-
-
 class Trainer:
     """Owns the compiled steps and the state for one experiment in one workdir."""
 
@@ -175,7 +170,7 @@ class Trainer:
     def evaluate(self, params, batches) -> dict:
         loss_sum = weight_sum = 0.0
         for batch in batches:
-            out = self.eval_step(params, global_batch(batch, self.batch_sharding))
+            out = self.eval_step(params, to_global(batch, self.batch_sharding))
             loss_sum += float(out["loss_sum"])
             weight_sum += float(out["weight_sum"])
         loss = loss_sum / max(weight_sum, 1.0)
@@ -234,7 +229,7 @@ def _train_loop(trainer: Trainer, state: TrainState, train_iter, eval_batches, c
     final: dict = {}
     window_start, window_steps, pending = time.perf_counter(), 0, None
     for step in range(start + 1, cfg.steps + 1):
-        state, metrics = trainer.train_step(state, global_batch(next(train_iter), trainer.batch_sharding))
+        state, metrics = trainer.train_step(state, to_global(next(train_iter), trainer.batch_sharding))
         window_steps += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:

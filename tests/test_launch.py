@@ -1,0 +1,50 @@
+"""The command-line entry points, end to end, as a user runs them."""
+import json
+import os
+import re
+
+from tests.helpers import ROOT, run_module
+
+SMOKE = "--config=experiments/shakespeare_char.py:smoke"
+
+
+def test_main_trains_then_evaluates(tmp_path):
+    workdir = str(tmp_path / "run")
+    done = run_module("launch.main", SMOKE, f"--workdir={workdir}", "--config.train.progress=False")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "eval/loss" in done.stdout and "--- sample at step 20 ---" in done.stderr + done.stdout
+    for name in ("config.json", "metrics.jsonl", "samples.txt"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    evaluated = run_module("launch.main", SMOKE, f"--workdir={workdir}", "--config.mode=eval")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    scores = json.load(open(os.path.join(workdir, "eval_step20.json")))
+    last = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert abs(scores["eval/loss"] - [r for r in last if "eval/loss" in r][-1]["eval/loss"]) < 1e-6
+
+
+def test_unknown_override_key_names_close_match(tmp_path):
+    done = run_module("launch.main", SMOKE, f"--workdir={tmp_path}", "--config.train.stpes=3")
+    assert done.returncode != 0
+    assert "Did you mean \"steps\"" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_corpus_is_a_clear_error(tmp_path):
+    done = run_module("launch.main", SMOKE, f"--workdir={tmp_path}",
+                      f"--config.data.corpus={tmp_path}/missing.txt")
+    assert done.returncode == 2
+    assert "missing.txt" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bench_runs_without_tensorflow(tmp_path):
+    # A 'tensorflow' package that fails on import: the bench must never need it.
+    blocker = tmp_path / "tensorflow"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('tensorflow is blocked in this test')\n")
+    env_path = f"{tmp_path}{os.pathsep}{ROOT}"
+    done = run_module("launch.bench", SMOKE, "--steps=3", "--warmup=1", "--repeats=1",
+                      env={"PYTHONPATH": env_path})
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    match = re.fullmatch(r"tokens_per_sec=([\d.]+) mfu=([\d.]+)", last)
+    assert match and float(match.group(1)) > 0 and 0 < float(match.group(2)) < 1, last
