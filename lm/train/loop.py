@@ -224,6 +224,12 @@ def _train_loop(trainer: Trainer, state: TrainState, train_iter, eval_batches, c
     start = int(state.step)
     tokens_per_step = exp.data.batch_size * exp.data.seq_len
     peak = hardware.vendor_peak_flops() or hardware.measure_peak_matmul_flops(seconds=0.5)
+    if jax.process_index() == 0:
+        mesh = ", ".join(f"{axis}={size}" for axis, size in trainer.mesh.shape.items())
+        resumed = f", resuming at step {start}" if start else ""
+        print(f"training {trainer.num_params:,} parameters on {jax.device_count()} "
+              f"{jax.devices()[0].platform} device(s), mesh {mesh}, {cfg.steps} steps of "
+              f"{tokens_per_step:,} tokens{resumed}; writing to {trainer.workdir}", flush=True)
     bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress or jax.process_index() != 0,
                desc="train", unit="step", dynamic_ncols=True)
     final: dict = {}
