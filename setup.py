@@ -20,11 +20,12 @@ setup(
         "sentencepiece>=0.2,<0.3",
         "tensorboardX>=2.6,<3",
         "tqdm>=4.66,<5",
+        "matplotlib>=3.7",
     ],
     extras_require={
         # seqio (and with it TensorFlow) is the default data path, optional at run time.
         "seqio": ["seqio>=0.0.19"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

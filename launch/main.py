@@ -2,9 +2,6 @@
 [--config.<key>=<value> ...]``. Dispatches on ``config.mode``."""
 from __future__ import annotations
 
-import logging
-import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags

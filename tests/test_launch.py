@@ -13,7 +13,7 @@ def test_main_trains_then_evaluates(tmp_path):
     done = run_module("launch.main", SMOKE, f"--workdir={workdir}", "--config.train.progress=False")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "eval/loss" in done.stdout and "--- sample at step 20 ---" in done.stderr + done.stdout
-    for name in ("config.json", "metrics.jsonl", "samples.txt"):
+    for name in ("config.json", "metrics.jsonl", "samples.txt", "loss.png"):
         assert os.path.exists(os.path.join(workdir, name)), name
     evaluated = run_module("launch.main", SMOKE, f"--workdir={workdir}", "--config.mode=eval")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

@@ -1,5 +1,4 @@
 """Train-step pieces: loss values by hand, gradient accumulation, z-loss, bf16, optimizers."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp

@@ -5,129 +5,34 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import os
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 from tqdm.auto import tqdm
 
-from lm.configlib import ConfigError, from_section
 from lm.data import pipeline as data_lib
 from lm.data.loader import to_global
 from lm.infer.sample import generate
-from lm.models.config import ModelConfig
-from lm.parallel import MeshConfig, batch_axes_size, make_mesh
+from lm.parallel import make_mesh
 from lm.parallel import sharding as shd
 from lm.parallel.axes import STANDARD_RULES, axis_rules
 from lm.train import hardware
 from lm.train.checkpoint import Checkpointer, CheckpointError
 from lm.train.metrics import MetricsWriter, flops_per_token
-from lm.train.optimizer import OptimizerConfig, make_optimizer, make_schedule
-from lm.train.state import TrainState, abstract_model, abstract_train_state, create_state, param_count, state_shardings
+from lm.train.plot import plot_losses
+from lm.train.experiment import Experiment, TrainConfig, check_batch  # noqa: F401 (re-export)
+from lm.train.optimizer import make_optimizer, make_schedule
+from lm.train.state import (TrainState, abstract_model, abstract_train_state, create_state,
+                            param_count, state_shardings)
 from lm.train.step import StepConfig, make_eval_step, make_train_step
+from lm.train.workdir import check_workdir, save_config
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 2000               # optimizer updates
-    eval_every: int = 250           # validation loss (and samples) every N steps and at the end
-    checkpoint_every: int = 500     # and at the end
-    keep_checkpoints: int = 3
-    async_checkpoint: bool = True   # write checkpoints in the background
-    log_every: int = 50             # train metrics to metrics.jsonl / TensorBoard
-    grad_accum_steps: int = 1       # microbatches per step (batch_size must divide by it)
-    z_loss: float = 0.0             # PaLM uses 1e-4
-    sample_tokens: int = 200        # characters/tokens generated at each eval (0: none)
-    sample_prompt: str = "\n"
-    sample_temperature: float = 0.8
-    sample_top_k: int = 0
-    progress: bool = True           # progress bar with ETA
-
-    @classmethod
-    def from_config(cls, section) -> "TrainConfig":
-        cfg = from_section(cls, section, "config.train")
-        for field in ("steps", "eval_every", "checkpoint_every", "log_every", "grad_accum_steps"):
-            if getattr(cfg, field) <= 0:
-                raise ConfigError(f"config.train.{field} must be positive, got {getattr(cfg, field)}")
-        return cfg
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-    """The typed sections of one experiment config."""
-    model: ModelConfig
-    data: data_lib.DataConfig
-    optimizer: OptimizerConfig
-    train: TrainConfig
-    mesh: MeshConfig
-    seed: int
-
-    @classmethod
-    def from_config(cls, config) -> "Experiment":
-        data = data_lib.DataConfig.from_config(config.data)
-        model = ModelConfig.from_config(config.model)
-        if model.vocab_size == 0:
-            model = dataclasses.replace(model, vocab_size=data_lib.vocab_size(data))
-        if model.positions == "learned" and model.max_len < data.seq_len:
-            raise ConfigError(f"config.model.max_len={model.max_len} is shorter than "
-                              f"config.data.seq_len={data.seq_len}")
-        return cls(model=model, data=data, optimizer=OptimizerConfig.from_config(config.optimizer),
-                   train=TrainConfig.from_config(config.train),
-                   mesh=MeshConfig.from_config(config.mesh), seed=int(config.seed))
-
-
-def check_batch(exp: Experiment, mesh) -> None:
-    ways = batch_axes_size(mesh)
-    batch, accum = exp.data.batch_size, exp.train.grad_accum_steps
-    if batch % accum:
-        raise ConfigError(f"config.data.batch_size={batch} is not divisible by "
-                          f"config.train.grad_accum_steps={accum}")
-    if (batch // accum) % ways:
-        raise ConfigError(f"config.data.batch_size={batch} (per microbatch {batch // accum}) is not "
-                          f"divisible by the batch axes of the mesh (data x fsdp = {ways}); "
-                          f"use a multiple of {ways * accum}")
-    if batch % jax.process_count():
-        raise ConfigError(f"config.data.batch_size={batch} must divide by the "
-                          f"{jax.process_count()} processes")
-
-
-# Fields that change parameter shapes or meaning; others (remat, attention kernel, dtype,
-# dropout) may differ between the run that wrote a checkpoint and the run that resumes it.
-_PARAMETER_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads",
-                     "head_dim", "d_ff", "max_len", "positions", "norm", "mlp", "block",
-                     "tie_embeddings", "use_bias", "scan_layers", "param_dtype")
-
-
-def check_workdir(workdir: str, exp: Experiment) -> None:
-    """Refuses to touch a workdir whose checkpoints belong to a different model."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        return
-    with open(path) as f:
-        saved = json.load(f).get("model", {})
-    now = dataclasses.asdict(exp.model)
-    changed = [f"model.{name}: saved {saved.get(name)!r}, now {now[name]!r}"
-               for name in _PARAMETER_FIELDS if name in saved and saved[name] != now[name]]
-    if changed:
-        raise CheckpointError(
-            f"{workdir} holds checkpoints of a different model ({'; '.join(changed)}). Use a new "
-            f"--workdir or the saved configuration; nothing in {workdir} was changed.")
-
-
-def save_config(workdir: str, config, exp: Experiment) -> None:
-    resolved = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    resolved["model"] = dataclasses.asdict(exp.model)  # with the derived vocab_size
-    tmp = os.path.join(workdir, "config.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(resolved, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, os.path.join(workdir, "config.json"))
 
 
 class Trainer:
@@ -205,6 +110,8 @@ def pretrain(config, workdir: str, devices=None) -> dict:
     finally:
         checkpointer.close()
         writer.close()
+    if jax.process_index() == 0:
+        plot_losses(workdir)
     return final
 
 
@@ -233,7 +140,7 @@ def _train_loop(trainer: Trainer, state: TrainState, train_iter, eval_batches, c
     bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress or jax.process_index() != 0,
                desc="train", unit="step", dynamic_ncols=True)
     final: dict = {}
-    window_start, window_steps, pending = time.perf_counter(), 0, None
+    window_start, window_steps = time.perf_counter(), 0
     for step in range(start + 1, cfg.steps + 1):
         state, metrics = trainer.train_step(state, to_global(next(train_iter), trainer.batch_sharding))
         window_steps += 1

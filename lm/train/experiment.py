@@ -1,0 +1,76 @@
+"""The typed sections of one experiment: ``Experiment.from_config(config)`` checks them all."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from lm.configlib import ConfigError, from_section
+from lm.data import pipeline as data_lib
+from lm.models.config import ModelConfig
+from lm.parallel import MeshConfig, batch_axes_size
+from lm.train.optimizer import OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000               # optimizer updates
+    eval_every: int = 250           # validation loss (and samples) every N steps and at the end
+    checkpoint_every: int = 500     # and at the end
+    keep_checkpoints: int = 3
+    async_checkpoint: bool = True   # write checkpoints in the background
+    log_every: int = 50             # train metrics to metrics.jsonl / TensorBoard
+    grad_accum_steps: int = 1       # microbatches per step (batch_size must divide by it)
+    z_loss: float = 0.0             # PaLM uses 1e-4
+    sample_tokens: int = 200        # characters/tokens generated at each eval (0: none)
+    sample_prompt: str = "\n"
+    sample_temperature: float = 0.8
+    sample_top_k: int = 0
+    progress: bool = True           # progress bar with ETA
+
+    @classmethod
+    def from_config(cls, section) -> "TrainConfig":
+        cfg = from_section(cls, section, "config.train")
+        for field in ("steps", "eval_every", "checkpoint_every", "log_every", "grad_accum_steps"):
+            if getattr(cfg, field) <= 0:
+                raise ConfigError(f"config.train.{field} must be positive, got {getattr(cfg, field)}")
+        return cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """The typed sections of one experiment config."""
+    model: ModelConfig
+    data: data_lib.DataConfig
+    optimizer: OptimizerConfig
+    train: TrainConfig
+    mesh: MeshConfig
+    seed: int
+
+    @classmethod
+    def from_config(cls, config) -> "Experiment":
+        data = data_lib.DataConfig.from_config(config.data)
+        model = ModelConfig.from_config(config.model)
+        if model.vocab_size == 0:
+            model = dataclasses.replace(model, vocab_size=data_lib.vocab_size(data))
+        if model.positions == "learned" and model.max_len < data.seq_len:
+            raise ConfigError(f"config.model.max_len={model.max_len} is shorter than "
+                              f"config.data.seq_len={data.seq_len}")
+        return cls(model=model, data=data, optimizer=OptimizerConfig.from_config(config.optimizer),
+                   train=TrainConfig.from_config(config.train),
+                   mesh=MeshConfig.from_config(config.mesh), seed=int(config.seed))
+
+
+def check_batch(exp: Experiment, mesh) -> None:
+    ways = batch_axes_size(mesh)
+    batch, accum = exp.data.batch_size, exp.train.grad_accum_steps
+    if batch % accum:
+        raise ConfigError(f"config.data.batch_size={batch} is not divisible by "
+                          f"config.train.grad_accum_steps={accum}")
+    if (batch // accum) % ways:
+        raise ConfigError(f"config.data.batch_size={batch} (per microbatch {batch // accum}) is not "
+                          f"divisible by the batch axes of the mesh (data x fsdp = {ways}); "
+                          f"use a multiple of {ways * accum}")
+    if batch % jax.process_count():
+        raise ConfigError(f"config.data.batch_size={batch} must divide by the "
+                          f"{jax.process_count()} processes")

@@ -1,0 +1,41 @@
+"""The workdir: the resolved config next to the checkpoints, and the check that they match."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from lm.train.checkpoint import CheckpointError
+from lm.train.experiment import Experiment
+
+
+# Fields that change parameter shapes or meaning; others (remat, attention kernel, dtype,
+# dropout) may differ between the run that wrote a checkpoint and the run that resumes it.
+_PARAMETER_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads",
+                     "head_dim", "d_ff", "max_len", "positions", "norm", "mlp", "block",
+                     "tie_embeddings", "use_bias", "scan_layers", "param_dtype")
+
+
+def check_workdir(workdir: str, exp: Experiment) -> None:
+    """Refuses to touch a workdir whose checkpoints belong to a different model."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return
+    with open(path) as f:
+        saved = json.load(f).get("model", {})
+    now = dataclasses.asdict(exp.model)
+    changed = [f"model.{name}: saved {saved.get(name)!r}, now {now[name]!r}"
+               for name in _PARAMETER_FIELDS if name in saved and saved[name] != now[name]]
+    if changed:
+        raise CheckpointError(
+            f"{workdir} holds checkpoints of a different model ({'; '.join(changed)}). Use a new "
+            f"--workdir or the saved configuration; nothing in {workdir} was changed.")
+
+
+def save_config(workdir: str, config, exp: Experiment) -> None:
+    resolved = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    resolved["model"] = dataclasses.asdict(exp.model)  # with the derived vocab_size
+    tmp = os.path.join(workdir, "config.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(resolved, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, os.path.join(workdir, "config.json"))
