@@ -156,7 +156,24 @@ def test_config_errors_name_the_field_and_fix():
     config = small_config()
     config.data.batch_size = 12
     config.mesh.update(dict(data=8))
-    with pytest.raises(ConfigError, match="batch_size=12.*data x fsdp = 8.*multiple of 8"):
+    with pytest.raises(ConfigError, match="batch_size=12.*batch axes of the mesh.*8 ways.*multiple of 8"):
+        loop.Trainer(config, "", jax.devices())
+
+    config = small_config(num_heads=4, num_kv_heads=0)
+    config.mesh.update(dict(data=1, tensor=8))
+    with pytest.raises(ConfigError, match="config.model.num_heads=4 is not divisible by config.mesh.tensor=8"):
+        loop.Trainer(config, "", jax.devices())
+
+    config = small_config()
+    config.data.seq_len = 15
+    config.model.max_len = 16
+    config.mesh.update(dict(data=-1, sequence=2))
+    with pytest.raises(ConfigError, match="config.data.seq_len=15 is not divisible by config.mesh.sequence=2"):
+        loop.Trainer(config, "", jax.devices())
+
+    config = small_config()
+    config.mesh.rules = "zero3"
+    with pytest.raises(ConfigError, match="config.mesh.rules='zero3' is not one of"):
         loop.Trainer(config, "", jax.devices())
 
 

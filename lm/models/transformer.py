@@ -21,7 +21,9 @@ from lm.models.config import ModelConfig
 from lm.models.layers import MLP, Dense, Embed, Norm, dropout, param
 from lm.parallel.axes import constrain
 
-_X_AXES = ("activation_batch", "activation_length", "activation_embed")
+# The residual stream has its own length name so that sequence parallelism can shard it
+# between blocks (Megatron-SP) while attention and MLP see whole sequences.
+_X_AXES = ("activation_batch", "activation_norm_length", "activation_embed")
 _LOGIT_AXES = ("activation_batch", "activation_length", "activation_vocab")
 
 REMAT_POLICIES = {

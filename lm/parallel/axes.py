@@ -3,7 +3,8 @@
 Layers name the axes of their parameters and key activations (``'embed'``, ``'mlp'``,
 ``'activation_batch'``, ...). A rules table, a list of ``(logical name, mesh axes)`` pairs, maps
 them onto the named device mesh; changing the parallelism layout swaps the table, never a model
-file. The trainer installs ``(mesh, rules)`` with :func:`axis_rules` while it traces the step, and
+file. The tables live in ``lm/parallel/rules.py``. The trainer installs ``(mesh, rules)`` with
+:func:`axis_rules` while it traces the step, and
 :func:`constrain` turns an activation's logical names into a sharding constraint (a no-op when no
 mesh is installed, so models also run eagerly on one device).
 """
@@ -11,36 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MeshAxes = Union[None, str, tuple[str, ...]]
-Rules = tuple[tuple[str, MeshAxes], ...]
-
-# Parameter axes: vocab, embed, mlp, heads, kv_heads, kv (per-head features), layers, position.
-# Activation axes carry an 'activation_' prefix so that, e.g., FSDP can shard the parameter's
-# 'embed' axis without sharding the activations' feature axis.
-STANDARD_RULES: Rules = (
-    ("activation_batch", ("data", "fsdp")),
-    ("activation_length", None),
-    ("activation_embed", None),
-    ("activation_heads", "tensor"),
-    ("activation_kv_heads", "tensor"),
-    ("activation_kv", None),
-    ("activation_mlp", "tensor"),
-    ("activation_vocab", "tensor"),
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("kv", None),
-    ("layers", None),
-    ("position", None),
-    ("norm", None),
-)
+from lm.parallel.rules import STANDARD as STANDARD_RULES, Rules  # noqa: E402  (re-exported)
 
 _CONTEXT: contextvars.ContextVar[Optional[tuple[Mesh, Rules]]] = contextvars.ContextVar(
     "lm_axis_rules", default=None)

@@ -1,4 +1,10 @@
-"""The named device mesh. Its shape is a config value: ``config.mesh.<axis>``, -1 fills the rest."""
+"""The named device mesh. Its shape is a config value: ``config.mesh.<axis>``, -1 fills the rest.
+
+Axes, outermost first: pipeline, data, fsdp, sequence, tensor. Tensor is innermost because its
+collectives are the most frequent (every layer), so its devices should be the closest ones.
+Each axis has an ICI size (within a slice / host) and a DCN size (across slices / hosts);
+with any DCN size above 1 the mesh comes from ``mesh_utils.create_hybrid_device_mesh``.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -11,21 +17,43 @@ from jax.sharding import Mesh
 
 from lm.configlib import ConfigError, from_section
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("pipeline", "data", "fsdp", "sequence", "tensor")
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    data: int = -1     # pure data parallelism (replicated parameters)
-    fsdp: int = 1      # fully sharded data parallelism: batch and parameters both sharded
-    tensor: int = 1    # Megatron-style tensor parallelism over heads / mlp / vocab
+    data: int = -1       # pure data parallelism (replicated parameters)
+    fsdp: int = 1        # fully sharded data parallelism: batch and parameters both sharded
+    tensor: int = 1      # Megatron-style tensor parallelism over heads / mlp / vocab
+    sequence: int = 1    # context parallelism: activations split along the sequence
+    pipeline: int = 1    # pipeline stages (layers split across devices)
+    dcn_data: int = 1    # the same axes across slices / hosts (multiplies the ICI size)
+    dcn_fsdp: int = 1
+    dcn_tensor: int = 1
+    dcn_sequence: int = 1
+    dcn_pipeline: int = 1
+    rules: str = "standard"  # layout preset, see lm/parallel/rules.py
 
     @classmethod
     def from_config(cls, section) -> "MeshConfig":
-        return from_section(cls, section, "config.mesh")
+        cfg = from_section(cls, section, "config.mesh")
+        from lm.parallel.rules import layout
+        layout(cfg.rules)  # validates the name
+        for axis in AXES:
+            if getattr(cfg, f"dcn_{axis}") < 1:
+                raise ConfigError(f"config.mesh.dcn_{axis} must be >= 1")
+        return cfg
+
+    def dcn_shape(self) -> dict[str, int]:
+        return {axis: getattr(self, f"dcn_{axis}") for axis in AXES}
 
     def resolve(self, num_devices: int) -> dict[str, int]:
-        """Axis sizes with a -1 filled in; errors name the field and the fix."""
+        """ICI axis sizes with a -1 filled in; errors name the field and the fix."""
+        dcn = math.prod(self.dcn_shape().values())
+        if num_devices % dcn:
+            raise ConfigError(f"config.mesh.dcn_* multiply to {dcn}, which does not divide the "
+                              f"{num_devices} available devices")
+        per_slice = num_devices // dcn
         sizes = {axis: getattr(self, axis) for axis in AXES}
         for axis, size in sizes.items():
             if size == 0 or size < -1:
@@ -34,33 +62,41 @@ class MeshConfig:
         if len(fill) > 1:
             raise ConfigError(f"config.mesh: only one axis may be -1, got {', '.join(fill)}")
         fixed = math.prod(size for size in sizes.values() if size != -1)
+        where = f"{per_slice} devices per slice" if dcn > 1 else f"{num_devices} available devices"
         if fill:
-            if num_devices % fixed:
+            if per_slice % fixed:
                 raise ConfigError(
                     f"config.mesh: the fixed axes ({self._describe(sizes)}) multiply to {fixed}, "
-                    f"which does not divide the {num_devices} available devices")
-            sizes[fill[0]] = num_devices // fixed
-        elif fixed != num_devices:
+                    f"which does not divide the {where}")
+            sizes[fill[0]] = per_slice // fixed
+        elif fixed != per_slice:
             raise ConfigError(
-                f"config.mesh ({self._describe(sizes)}) has {fixed} devices but {num_devices} are "
-                f"available; make the product equal {num_devices} or set one axis to -1")
+                f"config.mesh ({self._describe(sizes)}) has {fixed} devices but {per_slice} are "
+                f"available; make the product equal {per_slice} or set one axis to -1")
         return sizes
 
     @staticmethod
     def _describe(sizes) -> str:
-        return ", ".join(f"{axis}={size}" for axis, size in sizes.items())
+        return ", ".join(f"{axis}={size}" for axis, size in sizes.items() if size != 1)
 
 
 def make_mesh(cfg: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-    """A Mesh with axes (data, fsdp, tensor) over ``devices`` (default: all)."""
+    """A Mesh with axes (pipeline, data, fsdp, sequence, tensor) over ``devices`` (default: all)."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = cfg.resolve(len(devices))
-    shape = tuple(sizes[axis] for axis in AXES)
-    try:
-        from jax.experimental import mesh_utils
-        grid = mesh_utils.create_device_mesh(shape, devices=devices)
-    except (ValueError, NotImplementedError, AssertionError):
-        grid = np.asarray(devices).reshape(shape)
+    ici = cfg.resolve(len(devices))
+    dcn = cfg.dcn_shape()
+    ici_shape = tuple(ici[axis] for axis in AXES)
+    dcn_shape = tuple(dcn[axis] for axis in AXES)
+    from jax.experimental import mesh_utils
+    if math.prod(dcn_shape) > 1:
+        grid = mesh_utils.create_hybrid_device_mesh(
+            ici_shape, dcn_shape, devices=devices,
+            process_is_granule=devices[0].platform != "tpu")
+    else:
+        try:
+            grid = mesh_utils.create_device_mesh(ici_shape, devices=devices)
+        except (ValueError, NotImplementedError, AssertionError):
+            grid = np.asarray(devices).reshape(ici_shape)
     return Mesh(grid, AXES)
 
 

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 
 from lm.configlib import ConfigError, from_section
 from lm.data import pipeline as data_lib
 from lm.models.config import ModelConfig
-from lm.parallel import MeshConfig, batch_axes_size
+from lm.parallel import MeshConfig
+from lm.parallel.rules import layout as named_layout
 from lm.train.optimizer import OptimizerConfig
 
 
@@ -61,16 +63,31 @@ class Experiment:
                    mesh=MeshConfig.from_config(config.mesh), seed=int(config.seed))
 
 
-def check_batch(exp: Experiment, mesh) -> None:
-    ways = batch_axes_size(mesh)
+def _mesh_size(mesh, axes) -> int:
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def check_layout(exp: Experiment, mesh, batch_sharding) -> None:
+    """Batch, sequence and heads must divide by the mesh axes that split them; names the fields."""
+    ways = _mesh_size(mesh, batch_sharding.spec[0])
     batch, accum = exp.data.batch_size, exp.train.grad_accum_steps
     if batch % accum:
         raise ConfigError(f"config.data.batch_size={batch} is not divisible by "
                           f"config.train.grad_accum_steps={accum}")
     if (batch // accum) % ways:
         raise ConfigError(f"config.data.batch_size={batch} (per microbatch {batch // accum}) is not "
-                          f"divisible by the batch axes of the mesh (data x fsdp = {ways}); "
-                          f"use a multiple of {ways * accum}")
+                          f"divisible by the batch axes of the mesh ({batch_sharding.spec[0]} = "
+                          f"{ways} ways); use a multiple of {ways * accum}")
     if batch % jax.process_count():
         raise ConfigError(f"config.data.batch_size={batch} must divide by the "
                           f"{jax.process_count()} processes")
+    if exp.data.seq_len % mesh.shape["sequence"]:
+        raise ConfigError(f"config.data.seq_len={exp.data.seq_len} is not divisible by "
+                          f"config.mesh.sequence={mesh.shape['sequence']}")
+    tensor = mesh.shape["tensor"]
+    if tensor > 1 and dict(named_layout(exp.mesh.rules).params).get("heads") == "tensor" \
+            and exp.model.num_heads % tensor:
+        raise ConfigError(f"config.model.num_heads={exp.model.num_heads} is not divisible by "
+                          f"config.mesh.tensor={tensor}; choose a tensor size that divides the "
+                          f"heads")

@@ -20,12 +20,13 @@ from lm.data.loader import to_global
 from lm.infer.sample import generate
 from lm.parallel import make_mesh
 from lm.parallel import sharding as shd
-from lm.parallel.axes import STANDARD_RULES, axis_rules
+from lm.parallel.axes import axis_rules
+from lm.parallel.rules import layout as named_layout
 from lm.train import hardware
 from lm.train.checkpoint import Checkpointer, CheckpointError
 from lm.train.metrics import MetricsWriter, flops_per_token
 from lm.train.plot import plot_losses
-from lm.train.experiment import Experiment, TrainConfig, check_batch  # noqa: F401 (re-export)
+from lm.train.experiment import Experiment, TrainConfig, check_layout  # noqa: F401 (re-export)
 from lm.train.optimizer import make_optimizer, make_schedule
 from lm.train.state import (TrainState, abstract_model, abstract_train_state, create_state,
                             param_count, state_shardings)
@@ -42,17 +43,18 @@ class Trainer:
         self.config, self.workdir = config, workdir
         self.exp = exp = Experiment.from_config(config)
         self.mesh = make_mesh(exp.mesh, devices)
-        check_batch(exp, self.mesh)
-        self.rules = STANDARD_RULES
+        self.layout = named_layout(exp.mesh.rules)
+        self.rules = self.layout.params  # parameters and activations
+        self.batch_sharding = shd.batch_sharding(self.mesh, self.rules)
+        check_layout(exp, self.mesh, self.batch_sharding)
         self.optimizer = make_optimizer(exp.optimizer, exp.train.steps)
         self.schedule = make_schedule(exp.optimizer, exp.train.steps)
         self.graphdef, abstract_state = abstract_model(exp.model)
         self.num_params = param_count(abstract_state)
         position = exp.model.max_len * exp.model.d_model if exp.model.positions == "learned" else 0
         self.flops_per_token = flops_per_token(exp.model, self.num_params, position, exp.data.seq_len)
-        self.shardings = state_shardings(abstract_state, self.optimizer, self.mesh, self.rules)
+        self.shardings = state_shardings(abstract_state, self.optimizer, self.mesh, self.layout)
         self.abstract_state = abstract_train_state(abstract_state, self.optimizer, self.shardings)
-        self.batch_sharding = shd.batch_sharding(self.mesh, self.rules)
         step_cfg = StepConfig(z_loss=exp.train.z_loss, grad_accum_steps=exp.train.grad_accum_steps,
                               seed=exp.seed, packed=exp.data.packing)
         self.train_step = jax.jit(
@@ -70,7 +72,7 @@ class Trainer:
         return traced
 
     def init_state(self) -> TrainState:
-        return create_state(self.exp.model, self.optimizer, self.mesh, self.exp.seed, self.rules)[1]
+        return create_state(self.exp.model, self.optimizer, self.mesh, self.exp.seed, self.layout)[1]
 
     def evaluate(self, params, batches) -> dict:
         loss_sum = weight_sum = 0.0

@@ -12,7 +12,8 @@ from jax.sharding import Mesh
 
 from lm import models
 from lm.parallel import sharding as shd
-from lm.parallel.axes import STANDARD_RULES, Rules, axis_rules
+from lm.parallel.axes import axis_rules
+from lm.parallel.rules import LAYOUTS, Layout
 
 
 @flax.struct.dataclass
@@ -32,13 +33,15 @@ def param_count(abstract_state: nnx.State) -> int:
 
 
 def state_shardings(abstract_state: nnx.State, optimizer: optax.GradientTransformation,
-                    mesh: Mesh, rules: Rules = STANDARD_RULES) -> TrainState:
-    """Shardings of every TrainState leaf: parameters by the rules, optimizer state alike."""
+                    mesh: Mesh, layout: Layout = LAYOUTS["standard"]) -> TrainState:
+    """Shardings of every TrainState leaf: parameters by the layout's parameter rules, optimizer
+    state by its optimizer rules (the same table except under ZeRO-1)."""
     params = abstract_state.to_pure_dict()
-    params_shardings = shd.param_shardings(abstract_state, mesh, rules)
+    params_shardings = shd.param_shardings(abstract_state, mesh, layout.params)
+    mirror_shardings = shd.param_shardings(abstract_state, mesh, layout.optimizer)
     opt_shapes = jax.eval_shape(optimizer.init, params)
     return TrainState(step=shd.replicated(mesh), params=params_shardings,
-                      opt_state=shd.like_params(opt_shapes, params, params_shardings, mesh))
+                      opt_state=shd.like_params(opt_shapes, params, mirror_shardings, mesh))
 
 
 def abstract_train_state(abstract_state: nnx.State, optimizer: optax.GradientTransformation,
@@ -52,15 +55,16 @@ def abstract_train_state(abstract_state: nnx.State, optimizer: optax.GradientTra
 
 
 def create_state(cfg: models.ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
-                 seed: int, rules: Rules = STANDARD_RULES) -> tuple[nnx.GraphDef, TrainState]:
+                 seed: int, layout: Layout = LAYOUTS["standard"]
+                 ) -> tuple[nnx.GraphDef, TrainState]:
     """Initialises parameters and optimizer state directly into their shardings."""
     graphdef, abstract_state = abstract_model(cfg)
-    shardings = state_shardings(abstract_state, optimizer, mesh, rules)
+    shardings = state_shardings(abstract_state, optimizer, mesh, layout)
 
     def init() -> TrainState:
         params = nnx.split(models.build(cfg, seed))[1].to_pure_dict()
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=optimizer.init(params))
-    with axis_rules(mesh, rules):
+    with axis_rules(mesh, layout.params):
         state = jax.jit(init, out_shardings=shardings)()
     return graphdef, state
