@@ -7,7 +7,7 @@ import sys
 
 from lm.configlib import ConfigError, unknown_key_message
 
-MODES = ("pretrain", "eval")
+MODES = ("pretrain", "eval", "compile")
 TOP_LEVEL_KEYS = ("mode", "seed", "data", "model", "optimizer", "train", "mesh")
 
 
@@ -19,8 +19,9 @@ def validate_top_level(config) -> None:
         raise ConfigError(f"config.mode={config.get('mode')!r} is not one of {', '.join(MODES)}")
 
 
-def setup_logging(workdir: str) -> None:
-    os.makedirs(workdir, exist_ok=True)
+def setup_logging(workdir: str = "") -> None:
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
     logging.getLogger("lm").setLevel(logging.INFO)
     # Orbax and absl are chatty at INFO; the progress bar and metrics tell the story.
     for name in ("absl", "orbax", "jax._src.xla_bridge"):

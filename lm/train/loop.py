@@ -85,6 +85,10 @@ class Trainer:
                 "eval/bits_per_token": loss / math.log(2)}
 
     def sample(self, params, seed: int) -> str:
+        """A text sample; every process must call it (parameters are gathered collectively)."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            params = multihost_utils.process_allgather(params, tiled=True)
         train, vocab = self.exp.train, data_lib.vocabulary(self.exp.data)
         prompt = vocab.encode(train.sample_prompt)
         window = min(self.exp.data.seq_len, self.exp.model.max_len)
@@ -173,8 +177,10 @@ def _eval_and_sample(trainer: Trainer, state, eval_batches, writer, step: int, b
     writer.write(step, scores)
     bar.write(f"step {step}: eval/loss {scores['eval/loss']:.4f}  "
               f"perplexity {scores['eval/perplexity']:.2f}")
-    if trainer.exp.train.sample_tokens and jax.process_index() == 0:
+    if trainer.exp.train.sample_tokens:
         text = trainer.sample(state.params, seed=step)
+        if jax.process_index() != 0:
+            return scores
         writer.write_text(step, "samples", text)
         with open(os.path.join(trainer.workdir, "samples.txt"), "a") as f:
             f.write(f"=== step {step} ===\n{text}\n\n")

@@ -1,0 +1,55 @@
+"""Compile the train step for a mesh without allocating parameters; print memory, FLOPs, collectives.
+
+    python -m launch.compile --config=experiments/palm.py:8b --fake_devices=64 \
+        --config.mesh.fsdp=16 --config.mesh.tensor=4
+
+``--fake_devices=N`` compiles for N CPU devices (a pod-sized mesh on a laptop). The same report
+comes from ``python -m launch.main ... --config.mode=compile`` on the real devices.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from launch import common
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment file (path[:variant]).", lock_config=True)
+flags.DEFINE_integer("fake_devices", 0, "Compile for this many fake CPU devices (0: real devices).")
+flags.DEFINE_string("output", "", "Also write the report as JSON to this path.")
+flags.mark_flags_as_required(["config"])
+
+
+def use_fake_devices(count: int) -> None:
+    """Must run before the first JAX computation: the CPU backend reads XLA_FLAGS once."""
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={count}").strip()
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+def main(argv) -> None:
+    del argv
+    if FLAGS.fake_devices:
+        use_fake_devices(FLAGS.fake_devices)
+    config = FLAGS.config
+    common.validate_top_level(config)
+    common.setup_logging()
+    report = run(config)
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+def run(config) -> dict:
+    from lm.train.compile_only import compile_report, format_report
+    from lm.train.loop import Trainer
+    report = compile_report(Trainer(config, workdir=""))
+    print(format_report(report), flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    common.main_with_clear_errors(lambda: app.run(main))

@@ -1,0 +1,59 @@
+"""Two processes on localhost (gloo collectives) train exactly like one process with two devices."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from tests.helpers import ROOT
+
+ARGS = ["--config=experiments/shakespeare_char.py:smoke", "--config.data.backend=synthetic",
+        "--config.data.synthetic_vocab_size=64", "--config.model.vocab_size=64",
+        "--config.data.batch_size=8", "--config.model.num_layers=2", "--config.model.d_model=32",
+        "--config.train.steps=6", "--config.train.eval_every=3", "--config.train.checkpoint_every=3",
+        "--config.train.log_every=1", "--config.train.sample_tokens=8",
+        "--config.train.progress=False", "--config.mesh.data=-1"]
+
+
+def _env(devices_per_process: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _last_losses(workdir):
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return ([r["train/loss"] for r in rows if "train/loss" in r],
+            [r["eval/loss"] for r in rows if "eval/loss" in r])
+
+
+def test_two_processes_match_one_process_with_two_devices(tmp_path):
+    single = str(tmp_path / "single")
+    done = subprocess.run([sys.executable, "-m", "launch.main", *ARGS, f"--workdir={single}"],
+                          cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    multi = str(tmp_path / "multi")
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "launch.main", *ARGS, f"--workdir={multi}",
+                               f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                               f"--process_id={i}"], cwd=ROOT, env=_env(1),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert "training" in outputs[0][0] and "2 cpu device(s)" in outputs[0][0]
+
+    train_single, eval_single = _last_losses(single)
+    train_multi, eval_multi = _last_losses(multi)
+    assert len(train_multi) == 6 and len(eval_multi) == 2
+    for a, b in zip(train_multi + eval_multi, train_single + eval_single):
+        assert abs(a - b) <= 1e-5 * abs(b), (train_multi, train_single)
