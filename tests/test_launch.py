@@ -48,3 +48,21 @@ def test_bench_runs_without_tensorflow(tmp_path):
     last = done.stdout.strip().splitlines()[-1]
     match = re.fullmatch(r"tokens_per_sec=([\d.]+) mfu=([\d.]+)", last)
     assert match and float(match.group(1)) > 0 and 0 < float(match.group(2)) < 1, last
+
+
+def test_pod_launchers_dry_run_print_the_exact_commands():
+    main_args = ["--", "--config=experiments/palm.py:8b", "--workdir=/mnt/shared/runs/p",
+                 "--config.mesh.tensor=4"]
+    tpu = run_module("launch.tpu", "--tpu=pod", "--zone=us-central2-b", "--dry_run", *main_args)
+    assert tpu.returncode == 0, tpu.stderr[-2000:]
+    lines = tpu.stdout.strip().splitlines()
+    assert lines[0].startswith("gcloud compute tpus tpu-vm scp --recurse . ")
+    assert lines[1].startswith("gcloud compute tpus tpu-vm ssh pod --zone=us-central2-b --worker=all")
+    assert "LM_COORDINATOR_ADDRESS=auto python3 -m launch.main --config=experiments/palm.py:8b" in lines[1]
+
+    slurm = run_module("launch.slurm", "--nodes=4", "--gpus_per_node=8", "--dry_run", *main_args)
+    assert slurm.returncode == 0, slurm.stderr[-2000:]
+    assert "#SBATCH --nodes=4" in slurm.stdout and "#SBATCH --gpus-per-node=8" in slurm.stdout
+    assert ("srun --kill-on-bad-exit=1 bash -c 'LM_COORDINATOR_ADDRESS=auto python3 -m launch.main "
+            "--config=experiments/palm.py:8b --workdir=/mnt/shared/runs/p --config.mesh.tensor=4'"
+            ) in slurm.stdout

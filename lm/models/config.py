@@ -37,6 +37,12 @@ class ModelConfig:
     init_std: float = 0.02
     scale_residual_init: bool = True  # output projections init with std / sqrt(2 * num_layers)
     scan_layers: bool = False      # stack layers and run them with lax.scan (fast compiles)
+    # Pipeline parallelism (lm/parallel/pipeline.py); the trainer sets the stage count from
+    # config.mesh.pipeline. With more than one stage the blocks are stacked as [stages, layers]
+    # ([repeats, stages, layers] for the circular schedule) whatever scan_layers says.
+    pipeline_stages: int = 1       # S: consecutive groups of layers, one per pipeline shard
+    pipeline_microbatches: int = 0  # M: the batch is split into M microbatches; 0: = stages
+    pipeline_repeats: int = 1      # R: circular schedule when > 1 (each stage holds R layer groups)
     remat: str = "none"            # none | minimal (save matmul outputs) | full
     # auto: jax.nn.dot_product_attention (cuDNN flash attention on GPU) on accelerators, exact
     # einsum-softmax on CPU (faster there) | dot_product | exact
@@ -64,6 +70,19 @@ class ModelConfig:
     def gated_mlp(self) -> bool:
         return self.mlp in ("swiglu", "geglu")
 
+    @property
+    def pipelined(self) -> bool:
+        return self.pipeline_stages > 1
+
+    @property
+    def microbatches(self) -> int:
+        return self.pipeline_microbatches or self.pipeline_stages
+
+    @property
+    def layers_per_stage(self) -> int:
+        """Consecutive layers a stage runs per pass (per repeat in the circular schedule)."""
+        return self.num_layers // (self.pipeline_stages * self.pipeline_repeats)
+
     def validated(self) -> "ModelConfig":
         choices = {"positions": POSITIONS, "norm": NORMS, "mlp": MLPS, "block": BLOCKS,
                    "remat": REMATS, "attention": ATTENTIONS, "dtype": DTYPES,
@@ -85,4 +104,31 @@ class ModelConfig:
             raise ConfigError("config.model.positions='rope' needs an even head_dim")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"config.model.dropout must be in [0, 1), got {self.dropout}")
+        self._validate_pipeline()
         return self
+
+    def _validate_pipeline(self) -> None:
+        stages, repeats, microbatches = (self.pipeline_stages, self.pipeline_repeats,
+                                         self.pipeline_microbatches)
+        for field in ("pipeline_stages", "pipeline_repeats"):
+            if getattr(self, field) < 1:
+                raise ConfigError(f"config.model.{field} must be >= 1, got {getattr(self, field)}")
+        if microbatches < 0:
+            raise ConfigError(f"config.model.pipeline_microbatches must be >= 0 (0: = "
+                              f"pipeline_stages), got {microbatches}")
+        if repeats > 1 and stages == 1:
+            raise ConfigError(f"config.model.pipeline_repeats={repeats} needs "
+                              f"pipeline_stages > 1 (the circular schedule runs over stages)")
+        if self.num_layers % (stages * repeats):
+            raise ConfigError(
+                f"config.model.num_layers={self.num_layers} is not divisible by pipeline_stages"
+                f" * pipeline_repeats = {stages} * {repeats}; every stage must hold the same "
+                f"number of layers")
+        # Both schedules need M >= S: with fewer microbatches than stages, a stage would idle
+        # every pass (GPipe) and, in the circular schedule, a microbatch leaving the last stage
+        # would be needed by the first stage before it has arrived there.
+        if stages > 1 and self.microbatches < stages:
+            raise ConfigError(
+                f"config.model.pipeline_microbatches={microbatches} gives a microbatch count "
+                f"below the stage count (pipeline_stages={stages}); use at least {stages} "
+                f"(or 0 for exactly {stages})")
