@@ -5,6 +5,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import ROOT
 
 ARGS = ["--config=experiments/shakespeare_char.py:smoke", "--config.data.backend=synthetic",
@@ -12,7 +14,7 @@ ARGS = ["--config=experiments/shakespeare_char.py:smoke", "--config.data.backend
         "--config.data.batch_size=8", "--config.model.num_layers=2", "--config.model.d_model=32",
         "--config.train.steps=6", "--config.train.eval_every=3", "--config.train.checkpoint_every=3",
         "--config.train.log_every=1", "--config.train.sample_tokens=8",
-        "--config.train.progress=False", "--config.mesh.data=-1"]
+        "--config.train.progress=False"]
 
 
 def _env(devices_per_process: int) -> dict:
@@ -34,15 +36,22 @@ def _last_losses(workdir):
             [r["eval/loss"] for r in rows if "eval/loss" in r])
 
 
-def test_two_processes_match_one_process_with_two_devices(tmp_path):
+@pytest.mark.parametrize("multi_mesh", [
+    ["--config.mesh.data=-1"],
+    # The data axis across hosts (DCN), through mesh_utils.create_hybrid_device_mesh.
+    ["--config.mesh.data=1", "--config.mesh.dcn_data=2"],
+])
+def test_two_processes_match_one_process_with_two_devices(tmp_path, multi_mesh):
     single = str(tmp_path / "single")
-    done = subprocess.run([sys.executable, "-m", "launch.main", *ARGS, f"--workdir={single}"],
+    done = subprocess.run([sys.executable, "-m", "launch.main", *ARGS, "--config.mesh.data=-1",
+                           f"--workdir={single}"],
                           cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
     multi = str(tmp_path / "multi")
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "launch.main", *ARGS, f"--workdir={multi}",
+    procs = [subprocess.Popen([sys.executable, "-m", "launch.main", *ARGS, *multi_mesh,
+                               f"--workdir={multi}",
                                f"--coordinator_address=localhost:{port}", "--num_processes=2",
                                f"--process_id={i}"], cwd=ROOT, env=_env(1),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
