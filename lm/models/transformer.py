@@ -4,8 +4,10 @@
 
 A block is serial (pre-norm GPT: x + attn(n1(x)), then + mlp(n2(x))) or parallel (PaLM:
 x + attn(n(x)) + mlp(n(x))). Layers are a list, or stacked on a leading 'layers' axis and run
-with ``lax.scan`` (``scan_layers``) so that compile time does not grow with depth. Either way a
-block runs through one pure function of (block state, x), so remat applies identically.
+with ``lax.scan`` (``scan_layers``) so that compile time does not grow with depth, or, with
+``pipeline_stages`` > 1, stacked [stages, layers] ([repeats, stages, layers] when circular) and
+run by the pipeline schedule of ``lm/parallel/pipeline.py``. Every way a block runs through one
+pure function of (block state, x), so remat applies identically.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from lm.models.attention import Attention
 from lm.models.config import ModelConfig
 from lm.models.layers import MLP, Dense, Embed, Norm, dropout, param
 from lm.parallel.axes import constrain
+from lm.parallel.pipeline import pipeline_apply
 
 # The residual stream has its own length name so that sequence parallelism can shard it
 # between blocks (Megatron-SP) while attention and MLP see whole sequences.
@@ -64,6 +67,35 @@ def _make_stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
     return make(rngs)
 
 
+def _pipeline_lead(cfg: ModelConfig) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Leading shape and axis names of pipelined block parameters: [S, Lp] or [R, S, Lp]."""
+    lead, names = (cfg.pipeline_stages, cfg.layers_per_stage), ("stage", "layers")
+    if cfg.pipeline_repeats > 1:
+        lead, names = (cfg.pipeline_repeats, *lead), ("circular_repeats", *names)
+    return lead, names
+
+
+def _make_pipelined_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+    """The stacked blocks (same initial values) with layer l = (r*S + s)*Lp + j moved to
+    [s, j] ('stage', 'layers', ...) or, circular, to [r, s, j] ('circular_repeats', 'stage',
+    'layers', ...): a plain reshape of the leading axis."""
+    blocks = _make_stacked_blocks(cfg, rngs)
+    lead, names = _pipeline_lead(cfg)
+    for _, node in nnx.iter_graph(blocks):
+        if isinstance(node, nnx.Variable):
+            value = node.get_value()
+            node.set_value(value.reshape(*lead, *value.shape[1:]))
+            # Replaces the leading 'layers' that the stacking named.
+            node.set_metadata(out_sharding=names + node.get_metadata()["out_sharding"][1:])
+    return blocks
+
+
+def _pipeline_to_layer_stack(stacked_state, cfg: ModelConfig):
+    """[S, Lp, ...] or [R, S, Lp, ...] -> [L, ...]; layer l keeps its index."""
+    lead = len(_pipeline_lead(cfg)[0])
+    return jax.tree.map(lambda w: w.reshape(cfg.num_layers, *w.shape[lead:]), stacked_state)
+
+
 class Decoder(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         if cfg.vocab_size <= 0:
@@ -73,7 +105,9 @@ class Decoder(nnx.Module):
         self.position_embedding = (
             param(rngs, jax.nn.initializers.normal(cfg.init_std), (cfg.max_len, cfg.d_model),
                   ("position", "embed"), cfg.param_dtype) if cfg.positions == "learned" else None)
-        if cfg.scan_layers:
+        if cfg.pipelined:
+            self.blocks = _make_pipelined_blocks(cfg, rngs)
+        elif cfg.scan_layers:
             self.blocks = _make_stacked_blocks(cfg, rngs)
         else:
             self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
@@ -102,15 +136,26 @@ class Decoder(nnx.Module):
             x_btd = x_btd + pos.sinusoidal(positions_bt, self.cfg.d_model).astype(x_btd.dtype)
         return constrain(dropout(x_btd, self.cfg.dropout, rng), _X_AXES)
 
+    def _remat(self, fn):
+        if self.cfg.remat == "none":
+            return fn
+        return jax.checkpoint(fn, policy=REMAT_POLICIES[self.cfg.remat])
+
     def _run_blocks(self, x_btd, positions_bt, segment_ids_bt, rng):
+        if self.cfg.pipelined and x_btd.shape[0] % self.cfg.microbatches == 0:
+            return self._run_pipelined(x_btd, positions_bt, segment_ids_bt, rng)
+
         def apply_block(block_state, x, index):
             block = nnx.merge(graphdef, block_state)
             return block(x, positions_bt, segment_ids_bt, _fold(rng, index))
 
-        if self.cfg.remat != "none":
-            apply_block = jax.checkpoint(apply_block, policy=REMAT_POLICIES[self.cfg.remat])
-        if self.cfg.scan_layers:
+        apply_block = self._remat(apply_block)
+        if self.cfg.scan_layers or self.cfg.pipelined:
             graphdef, stacked_state = nnx.split(self.blocks)
+            if self.cfg.pipelined:
+                # A batch that does not split into the microbatches (sampling one sequence, say)
+                # runs the pipeline's stack as the L layers it is, one after another.
+                stacked_state = _pipeline_to_layer_stack(stacked_state, self.cfg)
 
             def body(x, layer):
                 block_state, index = layer
@@ -121,3 +166,19 @@ class Decoder(nnx.Module):
             graphdef, block_state = nnx.split(block)
             x_btd = apply_block(block_state, x_btd, index)
         return x_btd
+
+    def _run_pipelined(self, x_btd, positions_bt, segment_ids_bt, rng):
+        graphdef, stacked_state = nnx.split(self.blocks)
+
+        def apply_layer(block_state, x, rows, layer, microbatch):
+            # Dropout masks are drawn per (layer, microbatch): the same distribution as the
+            # sequential model's per-layer masks over the whole batch, not the same bits.
+            block = nnx.merge(graphdef, block_state)
+            return block(x, rows["positions"], rows["segment_ids"],
+                         _fold(_fold(rng, layer), microbatch))
+
+        rows = {"positions": positions_bt, "segment_ids": segment_ids_bt}
+        return pipeline_apply(self._remat(apply_layer), stacked_state, x_btd, rows,
+                              stages=self.cfg.pipeline_stages,
+                              microbatches=self.cfg.microbatches,
+                              repeats=self.cfg.pipeline_repeats)
