@@ -2,6 +2,7 @@
 import functools
 
 import jax
+import numpy as np
 import pytest
 
 from lm.train.compile_only import compile_report
@@ -51,3 +52,26 @@ def test_full_remat_reduces_temporaries(devices, mesh):
           f"minimal {minimal / 2**20:.1f} MiB, full {full / 2**20:.1f} MiB")
     assert full < none
     assert full <= minimal <= none
+
+
+def test_pipeline4_parameters_at_most_1_over_3_5(capsys):
+    """Parameter bytes per device with pipeline=4 (stages sharded over devices) vs replicated."""
+    def param_bytes(devices, **mesh):
+        config = _gpt_100m(pipeline_stages=4, pipeline_microbatches=4)
+        config.mesh.update(mesh or dict(data=1))
+        trainer = Trainer(config, "", jax.devices()[:devices])
+        shardings, shapes = trainer.shardings.params, trainer.abstract_state.params
+        return sum(s.shard_shape(x.shape)[0] * int(np.prod(s.shard_shape(x.shape)[1:])) * 4
+                   for s, x in zip(jax.tree.leaves(shardings), jax.tree.leaves(shapes)))
+    one, piped = param_bytes(1), param_bytes(8, pipeline=4, data=2)
+    report = _report_pipeline()
+    print(f"\nparameters per device: replicated {one / 2**20:.1f} MiB, pipeline=4 "
+          f"{piped / 2**20:.1f} MiB (1/{one / piped:.2f}); compiled arguments per device "
+          f"{report['argument_bytes_per_device'] / 2**20:.1f} MiB")
+    assert piped <= one / 3.5
+
+
+def _report_pipeline():
+    config = _gpt_100m(pipeline_stages=4, pipeline_microbatches=4)
+    config.mesh.update(dict(pipeline=4, data=2))
+    return compile_report(Trainer(config, "", jax.devices()))

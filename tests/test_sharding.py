@@ -25,12 +25,31 @@ LAYOUTS = {
     "zero1 fsdp=8": dict(data=1, fsdp=8, rules="zero1"),
     "megatron_sp tensor=4,data=2": dict(data=2, tensor=4, rules="megatron_sp"),
     "data_parallel rules, fsdp=4,tensor=2": dict(data=1, fsdp=4, tensor=2, rules="data_parallel"),
+    "pipeline=4,data=2 gpipe": dict(pipeline=4, data=2),
+    "pipeline=4,data=2 circular": dict(pipeline=4, data=2),
+    "pipeline=2,fsdp=2,tensor=2": dict(pipeline=2, data=1, fsdp=2, tensor=2),
+    "pipeline=2,data=2,tensor=2 + remat + 2 accumulated microbatches": dict(pipeline=2, data=2, tensor=2),
+}
+# Pipelined layouts compare with the same pipelined model (same parameter layout) on one device.
+PIPELINE_MODELS = {
+    "pipeline=4,data=2 gpipe": dict(pipeline_stages=4, pipeline_microbatches=4, num_layers=8),
+    "pipeline=4,data=2 circular": dict(pipeline_stages=4, pipeline_microbatches=4,
+                                       pipeline_repeats=2, num_layers=8),
+    "pipeline=2,fsdp=2,tensor=2": dict(pipeline_stages=2, pipeline_microbatches=2, num_layers=4),
+    "pipeline=2,data=2,tensor=2 + remat + 2 accumulated microbatches": dict(
+        pipeline_stages=2, pipeline_microbatches=2, num_layers=4),
+}
+# Run-time options that must not change the result (the reference runs without them).
+RUN_OPTIONS = {
+    "pipeline=2,data=2,tensor=2 + remat + 2 accumulated microbatches": (
+        dict(remat="full"), dict(grad_accum_steps=2)),
 }
 TRAIN_STEPS = 20
 
 
-def _config():
-    return small_config(steps=TRAIN_STEPS, num_heads=8, num_kv_heads=0)
+def _config(name=""):
+    return small_config(steps=TRAIN_STEPS, num_heads=8, num_kv_heads=0,
+                        **PIPELINE_MODELS.get(name, {}))
 
 
 def _batches(config, count):
@@ -59,8 +78,8 @@ def _train(trainer: Trainer, batches):
 
 
 @functools.lru_cache(maxsize=None)
-def _reference():
-    config = _config()
+def _reference(name=""):
+    config = _config(name)
     batches = _batches(config, TRAIN_STEPS)
     trainer = Trainer(config, "", jax.devices()[:1])
     return _loss_and_grads(trainer, batches[0]), _train(trainer, batches)
@@ -76,9 +95,13 @@ def _max_relative_error(a, b):
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_layout_matches_one_device(name):
-    (ref_loss, ref_grads), (ref_losses, ref_params) = _reference()
-    config = _config()
+    (ref_loss, ref_grads), (ref_losses, ref_params) = _reference(
+        name if name in PIPELINE_MODELS else "")
+    config = _config(name)
     config.mesh.update(LAYOUTS[name])
+    model_options, train_options = RUN_OPTIONS.get(name, ({}, {}))
+    config.model.update(model_options)
+    config.train.update(train_options)
     trainer = Trainer(config, "", jax.devices())
     assert trainer.mesh.devices.size == 8
     batches = _batches(config, TRAIN_STEPS)
@@ -90,6 +113,14 @@ def test_layout_matches_one_device(name):
     losses, params = _train(trainer, batches)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
     assert _max_relative_error(params, ref_params) <= 1e-4
+
+
+def test_pipeline_parameters_are_split_over_stages():
+    config = _config("pipeline=4,data=2 gpipe")
+    config.mesh.update(LAYOUTS["pipeline=4,data=2 gpipe"])
+    trainer = Trainer(config, "", jax.devices())
+    wi = trainer.shardings.params["blocks"]["mlp"]["wi"]["kernel"]  # [stage, layers, embed, mlp]
+    assert wi.spec[0] == "pipeline"
 
 
 def test_parameters_are_actually_sharded():

@@ -187,3 +187,32 @@ def test_empty_corpus_file_fails_clearly(tmp_path):
     with pytest.raises(ValueError, match="empty.txt"):
         loop.pretrain(config, str(tmp_path / "run"), jax.devices()[:1])
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+@pytest.mark.parametrize("repeats,microbatches", [(1, 4), (2, 4)])
+def test_bubble_fraction_is_logged(tmp_path, repeats, microbatches):
+    config = small_config(steps=2, num_layers=8, pipeline_microbatches=microbatches,
+                          pipeline_repeats=repeats)
+    config.mesh.update(dict(pipeline=4, data=2))
+    loop.pretrain(config, str(tmp_path), jax.devices())
+    logged = [r["train/bubble_fraction"] for r in read_metrics(str(tmp_path)) if "train/loss" in r]
+    stages = 4
+    expected = (stages - 1) / (repeats * microbatches + stages - 1)  # 3/7 GPipe, 3/11 circular
+    assert len(logged) == 2 and all(abs(x - expected) < 1e-12 for x in logged), logged
+
+
+def test_pipeline_config_errors_name_the_fields():
+    config = small_config(num_layers=6)
+    config.mesh.update(dict(pipeline=4, data=2))
+    with pytest.raises(ConfigError, match="num_layers=6 is not divisible by pipeline_stages"):
+        loop.Trainer(config, "", jax.devices())
+
+    config = small_config(num_layers=8, pipeline_microbatches=2)
+    config.mesh.update(dict(pipeline=4, data=2))
+    with pytest.raises(ConfigError, match="microbatch count below the stage count"):
+        loop.Trainer(config, "", jax.devices())
+
+    config = small_config(num_layers=8, pipeline_microbatches=8)
+    config.mesh.update(dict(pipeline=4, data=2))  # 8 rows / 8 microbatches = 1 row, data=2
+    with pytest.raises(ConfigError, match="8 pipeline microbatches has 1 rows, not divisible"):
+        loop.Trainer(config, "", jax.devices())

@@ -52,20 +52,51 @@ class Experiment:
     @classmethod
     def from_config(cls, config) -> "Experiment":
         data = data_lib.DataConfig.from_config(config.data)
-        model = ModelConfig.from_config(config.model)
+        mesh = MeshConfig.from_config(config.mesh)
+        # Validated only after the derived fields (vocabulary size, stage count) are filled in.
+        model = from_section(ModelConfig, config.model, "config.model")
         if model.vocab_size == 0:
             model = dataclasses.replace(model, vocab_size=data_lib.vocab_size(data))
+        model = _with_pipeline_stages(model, mesh).validated()
         if model.positions == "learned" and model.max_len < data.seq_len:
             raise ConfigError(f"config.model.max_len={model.max_len} is shorter than "
                               f"config.data.seq_len={data.seq_len}")
-        return cls(model=model, data=data, optimizer=OptimizerConfig.from_config(config.optimizer),
-                   train=TrainConfig.from_config(config.train),
-                   mesh=MeshConfig.from_config(config.mesh), seed=int(config.seed))
+        return cls(model=model, data=data,
+                   optimizer=OptimizerConfig.from_config(config.optimizer),
+                   train=TrainConfig.from_config(config.train), mesh=mesh, seed=int(config.seed))
+
+
+def _with_pipeline_stages(model: ModelConfig, mesh: MeshConfig) -> ModelConfig:
+    """The pipeline axis sets the stage count (unless the model asks for a multiple of it)."""
+    ways = mesh.pipeline * mesh.dcn_pipeline
+    if ways < 1:
+        raise ConfigError(f"config.mesh.pipeline={mesh.pipeline}: the pipeline axis cannot be -1")
+    if ways == 1:
+        return model
+    if model.pipeline_stages == 1:
+        return dataclasses.replace(model, pipeline_stages=ways)
+    if model.pipeline_stages % ways:
+        raise ConfigError(f"config.model.pipeline_stages={model.pipeline_stages} is not a multiple "
+                          f"of the pipeline axis (config.mesh.pipeline={ways})")
+    return model
 
 
 def _mesh_size(mesh, axes) -> int:
     axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
     return math.prod(mesh.shape[a] for a in axes)
+
+
+def _check_microbatches(exp: Experiment, batch_ways: int) -> None:
+    per_step = exp.data.batch_size // exp.train.grad_accum_steps
+    micro = exp.model.microbatches
+    if per_step % micro:
+        raise ConfigError(f"config.model.pipeline_microbatches={micro} does not divide the batch of "
+                          f"{per_step} rows per step (config.data.batch_size / "
+                          f"config.train.grad_accum_steps)")
+    if (per_step // micro) % batch_ways:
+        raise ConfigError(f"each of the {micro} pipeline microbatches has {per_step // micro} rows, "
+                          f"not divisible by the batch axes of the mesh ({batch_ways} ways); raise "
+                          f"config.data.batch_size or lower config.model.pipeline_microbatches")
 
 
 def check_layout(exp: Experiment, mesh, batch_sharding) -> None:
@@ -82,6 +113,8 @@ def check_layout(exp: Experiment, mesh, batch_sharding) -> None:
     if batch % jax.process_count():
         raise ConfigError(f"config.data.batch_size={batch} must divide by the "
                           f"{jax.process_count()} processes")
+    if exp.model.pipelined:
+        _check_microbatches(exp, ways)
     if exp.data.seq_len % mesh.shape["sequence"]:
         raise ConfigError(f"config.data.seq_len={exp.data.seq_len} is not divisible by "
                           f"config.mesh.sequence={mesh.shape['sequence']}")

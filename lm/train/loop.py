@@ -21,6 +21,7 @@ from lm.infer.sample import generate
 from lm.parallel import make_mesh
 from lm.parallel import sharding as shd
 from lm.parallel.axes import axis_rules
+from lm.parallel.pipeline import bubble_fraction
 from lm.parallel.rules import layout as named_layout
 from lm.train import hardware
 from lm.train.checkpoint import Checkpointer, CheckpointError
@@ -64,6 +65,15 @@ class Trainer:
         self.eval_step = jax.jit(self._with_rules(make_eval_step(self.graphdef, exp.data.packing)),
                                  in_shardings=(self.shardings.params, self.batch_sharding),
                                  out_shardings=shd.replicated(self.mesh))
+
+    @property
+    def schedule_metrics(self) -> dict:
+        """Constants of the parallel schedule worth logging next to the speed."""
+        model = self.exp.model
+        if not model.pipelined:
+            return {}
+        return {"train/bubble_fraction": bubble_fraction(
+            model.pipeline_stages, model.microbatches, model.pipeline_repeats)}
 
     def _with_rules(self, fn):
         def traced(*args):
@@ -156,7 +166,8 @@ def _train_loop(trainer: Trainer, state: TrainState, train_iter, eval_batches, c
             elapsed = time.perf_counter() - window_start
             tokens_per_sec = window_steps * tokens_per_step / elapsed
             row = writer.write(step, {**metrics, "train/tokens_per_sec": tokens_per_sec,
-                                      "train/mfu": tokens_per_sec * trainer.flops_per_token / peak})
+                                      "train/mfu": tokens_per_sec * trainer.flops_per_token / peak,
+                                      **trainer.schedule_metrics})
             bar.set_postfix(loss=f"{row['train/loss']:.3f}", tok_s=f"{tokens_per_sec:,.0f}")
             final.update(row)
             window_start, window_steps = time.perf_counter(), 0

@@ -13,7 +13,8 @@ from lm.train.experiment import Experiment
 # dropout) may differ between the run that wrote a checkpoint and the run that resumes it.
 _PARAMETER_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads",
                      "head_dim", "d_ff", "max_len", "positions", "norm", "mlp", "block",
-                     "tie_embeddings", "use_bias", "scan_layers", "param_dtype")
+                     "tie_embeddings", "use_bias", "scan_layers", "param_dtype",
+                     "pipeline_stages", "pipeline_repeats")
 
 
 def check_workdir(workdir: str, exp: Experiment) -> None:
