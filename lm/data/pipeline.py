@@ -16,6 +16,10 @@ training stream uses offset ``hash(seed, j) mod (n - seq_len)``, so batch ``i`` 
 run only needs the batch index. Evaluation uses ``eval_batches * B`` of the disjoint windows of
 the validation split (stride seq_len), evenly spaced so that the estimate covers all of it.
 
+With ``mixture`` set (``lm.data.mixture``), training rows come from several corpora at set
+rates, in per-source epochs, and ``corpus`` is ignored; evaluation gives each source's batches
+in turn. A char vocabulary is then the sorted characters of all the mixture's corpora.
+
 With ``packing=True`` rows are packed documents instead (seqio ``LMFeatureConverter(pack=True)``
 format): each document plus EOS is cut into chunks of at most seq_len tokens, chunks are packed
 greedily into rows, and inputs restart from 0 at every segment. Training samples packed rows by
@@ -51,6 +55,8 @@ class DataConfig:
     eval_batches: int = 50  # global batches per evaluation
     packing: bool = False  # pack document chunks with segment ids instead of random windows
     synthetic_vocab_size: int = 256  # vocabulary of backend='synthetic'
+    mixture: str = ""  # '' = one corpus; registered name ('gutenberg') or 'corpus:rate,...'
+    mixture_temperature: float = 1.0  # rates ∝ size^(1/T) when the mixture gives no rates
 
     @classmethod
     def from_config(cls, section: Any) -> "DataConfig":
@@ -97,6 +103,21 @@ def _validate(cfg: DataConfig) -> None:
     if cfg.packing and cfg.backend == "synthetic":
         raise ConfigError("config.data.packing needs documents; use backend 'array' or 'seqio', "
                           "or set packing=False for synthetic data.")
+    _validate_mixture(cfg)
+
+
+def _validate_mixture(cfg: DataConfig) -> None:
+    if not isinstance(cfg.mixture_temperature, (int, float)) or not cfg.mixture_temperature > 0:
+        raise ConfigError(f"config.data.mixture_temperature={cfg.mixture_temperature!r} must be "
+                          "a positive number (1 = rates follow sizes).")
+    if not cfg.mixture:
+        return
+    if cfg.backend != "array":
+        raise ConfigError(f"config.data.mixture needs backend 'array', not {cfg.backend!r}; the "
+                          "seqio mixture is lm.data.tasks.register_mixture.")
+    from lm.data import mixture as mixture_lib  # imports this module
+
+    mixture_lib.parse_mixture(cfg.mixture)  # raises a ConfigError naming the field
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -106,7 +127,16 @@ def vocabulary(cfg: DataConfig) -> vocab_lib.Vocabulary:
     if cfg.backend == "synthetic":
         return vocab_lib.SyntheticVocabulary(cfg.synthetic_vocab_size)
     model = cfg.model_path if cfg.vocab == "sentencepiece" else ""
-    return _cached_vocabulary(cfg.vocab, cfg.corpus, model)
+    return _cached_vocabulary(cfg.vocab, vocab_corpora(cfg), model)
+
+
+def vocab_corpora(cfg: DataConfig) -> tuple[str, ...]:
+    """The corpora whose characters make a char vocabulary: all of a mixture's, or the one."""
+    if not cfg.mixture:
+        return (cfg.corpus,)
+    from lm.data import mixture as mixture_lib
+
+    return mixture_lib.parse_mixture(cfg.mixture).sources
 
 
 def vocab_size(cfg: DataConfig) -> int:
@@ -115,9 +145,13 @@ def vocab_size(cfg: DataConfig) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_vocabulary(kind: str, corpus: str, model_path: str) -> vocab_lib.Vocabulary:
+def _cached_vocabulary(kind: str, corpora: tuple[str, ...],
+                       model_path: str) -> vocab_lib.Vocabulary:
+    if kind == "char" and len(corpora) > 1:
+        return vocab_lib.CharVocabulary.from_text(
+            "".join(corpus_lib.corpus_text(c) for c in corpora))
     try:
-        return vocab_lib.make_vocabulary(kind, corpus, model_path or None)
+        return vocab_lib.make_vocabulary(kind, corpora[0], model_path or None)
     except corpus_lib.CorpusError:
         raise
     except ValueError as e:
@@ -128,13 +162,15 @@ def _cached_vocabulary(kind: str, corpus: str, model_path: str) -> vocab_lib.Voc
 
 def split_tokens(cfg: DataConfig, split: str) -> np.ndarray:
     """The whole split as one int32 token array, encoded once per process (read-only)."""
-    return _cached_split_tokens(cfg.corpus, split, cfg.train_fraction, cfg.vocab, cfg.model_path)
+    return _cached_split_tokens(cfg.corpus, split, cfg.train_fraction, cfg.vocab, cfg.model_path,
+                                vocab_corpora(cfg))
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_split_tokens(corpus, split, train_fraction, vocab_kind, model_path) -> np.ndarray:
+def _cached_split_tokens(corpus, split, train_fraction, vocab_kind, model_path,
+                         corpora) -> np.ndarray:
     text = corpus_lib.split_text(corpus, split, train_fraction)
-    vocab = _cached_vocabulary(vocab_kind, corpus, model_path if vocab_kind != "char" else "")
+    vocab = _cached_vocabulary(vocab_kind, corpora, model_path if vocab_kind != "char" else "")
     tokens = vocab.encode_array(text).astype(np.int32)
     tokens.setflags(write=False)
     return tokens
@@ -269,13 +305,15 @@ def packed_batch(targets_bt: np.ndarray, positions_bt: np.ndarray) -> Batch:
 def packed_rows(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(targets, positions) of every packed row of the split, built once per process."""
     return _cached_packed_rows(cfg.corpus, split, cfg.train_fraction, cfg.vocab,
-                               cfg.vocab_model, cfg.seq_len, cfg.backend)
+                               cfg.vocab_model, cfg.seq_len, cfg.backend, cfg.mixture)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_packed_rows(corpus, split, train_fraction, vocab, vocab_model, seq_len, backend):
+def _cached_packed_rows(corpus, split, train_fraction, vocab, vocab_model, seq_len, backend,
+                        mixture):
     cfg = DataConfig(corpus=corpus, train_fraction=train_fraction, vocab=vocab,
-                     vocab_model=vocab_model, seq_len=seq_len, backend=backend, packing=True)
+                     vocab_model=vocab_model, seq_len=seq_len, backend=backend, packing=True,
+                     mixture=mixture)
     if not corpus_lib.split_text(corpus, split, train_fraction):
         raise ConfigError(f"the {split} split of {corpus!r} is empty; adjust "
                           f"config.data.train_fraction={train_fraction}.")
@@ -391,10 +429,17 @@ def _check_seed(seed: int) -> int:
 
 
 def make_train_iterator(cfg: DataConfig, seed: int, process_index: int = 0,
-                        process_count: int = 1) -> BatchIterator:
-    """Infinite training batches: this host's rows of each global batch of ``cfg.batch_size``."""
+                        process_count: int = 1):
+    """Infinite training batches: this host's rows of each global batch of ``cfg.batch_size``.
+
+    A ``BatchIterator``, or a ``mixture.MixtureIterator`` (same interface) with a mixture.
+    """
     seed = _check_seed(seed)
     _check_processes(cfg, process_index, process_count)
+    if cfg.mixture:
+        from lm.data import mixture as mixture_lib
+
+        return mixture_lib.MixtureIterator(cfg, seed, process_index, process_count)
     if cfg.backend == "seqio" and not cfg.packing:
         from lm.data import tasks  # TensorFlow only on request
 
@@ -406,7 +451,22 @@ def make_train_iterator(cfg: DataConfig, seed: int, process_index: int = 0,
 
 def make_eval_batches(cfg: DataConfig, process_index: int = 0,
                       process_count: int = 1) -> list[Batch]:
-    """``cfg.eval_batches`` deterministic validation batches (this host's rows of each)."""
+    """``cfg.eval_batches`` deterministic validation batches (this host's rows of each).
+
+    With a mixture: ``cfg.eval_batches`` of each source in turn, so every source weighs the
+    same; ``mixture.source_eval_batches`` gives them by source.
+    """
+    if cfg.mixture:
+        from lm.data import mixture as mixture_lib
+
+        per_source = mixture_lib.source_eval_batches(cfg, process_index, process_count)
+        return [batch for batches in per_source.values() for batch in batches]
+    return corpus_eval_batches(cfg, process_index, process_count)
+
+
+def corpus_eval_batches(cfg: DataConfig, process_index: int = 0,
+                        process_count: int = 1) -> list[Batch]:
+    """The validation batches of ``cfg.corpus`` alone (a mixture's source included)."""
     _check_processes(cfg, process_index, process_count)
     batch_fn = _eval_global_batch(cfg, cfg.eval_batches * cfg.batch_size)
     return [batch_fn(_host_rows(cfg, i, process_index, process_count))

@@ -13,11 +13,16 @@ Two kinds of task per (corpus, vocabulary):
     cut into chunks of at most the 'targets' length; pack them with
     ``seqio.LMFeatureConverter(pack=True)`` (what ``data.packing=True`` does).
 
+``{mixture}_{vocab}_seq{T}``  a seqio mixture of the window tasks of a mixture's corpora at the
+    rates of ``lm.data.mixture`` (SentencePiece only: a seqio mixture's tasks share a vocabulary);
+    ``register_mixture('gutenberg', seq_len)`` registers it.
+
 ``{vocab}`` is 'char' or 'sp1024' (the shipped SentencePiece model). Corpora given as paths
 and other models get a short hash in the name; ``register_for_config(cfg)`` handles any config.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import pathlib
@@ -210,6 +215,38 @@ def register_tasks(seq_len: int) -> list[str]:
             cfg = pipeline.DataConfig(backend="seqio", corpus=corpus, vocab=kind, seq_len=seq_len)
             names += [register_window_task(cfg), register_docs_task(cfg)]
     return names
+
+
+def mixture_name(cfg: pipeline.DataConfig) -> str:
+    """``{mixture}_{vocab}_seq{T}``, plus the temperature when rates come from sizes."""
+    from lm.data import mixture as mixture_lib
+
+    tag = cfg.mixture if cfg.mixture in mixture_lib.MIXTURES else f"mix_{_short_hash(cfg.mixture)}"
+    name = f"{tag}_{_vocab_tag(cfg)}_seq{cfg.seq_len}"
+    if mixture_lib.parse_mixture(cfg.mixture).rates is None and cfg.mixture_temperature != 1:
+        name += f"_t{round(cfg.mixture_temperature * 1000):d}"  # per mille
+    return name
+
+
+def register_mixture(mixture: str = "gutenberg", seq_len: int = 64, temperature: float = 1.0,
+                     vocab_model: str = "") -> str:
+    """Registers (once) a seqio mixture of the sources' window tasks at ``mixture_rates``.
+
+    The tasks of one seqio mixture must share a vocabulary, so this uses SentencePiece (the
+    shipped model unless ``vocab_model``); the per-corpus char vocabularies differ.
+    """
+    from lm.data import mixture as mixture_lib
+
+    cfg = pipeline.DataConfig(mixture=mixture, mixture_temperature=temperature, seq_len=seq_len,
+                              vocab="sentencepiece", vocab_model=vocab_model)
+    name = mixture_name(cfg)
+    if name not in seqio.MixtureRegistry.names():
+        sources = mixture_lib.parse_mixture(mixture).sources
+        tasks = [register_window_task(dataclasses.replace(cfg, backend="seqio", corpus=source,
+                                                          mixture=""))
+                 for source in sources]
+        seqio.MixtureRegistry.add(name, list(zip(tasks, mixture_lib.mixture_rates(cfg).tolist())))
+    return name
 
 
 # ----------------------------------------------------------------------------- seqio backend

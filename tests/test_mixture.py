@@ -1,0 +1,164 @@
+"""Mixtures: rates, temperature, exact resumption across epochs, host slices, seqio rates."""
+import json
+
+import numpy as np
+import pytest
+
+from lm.configlib import ConfigError
+from lm.data import corpus as corpus_lib
+from lm.data import mixture
+from lm.data import pipeline
+from lm.data.pipeline import DataConfig
+
+EXPLICIT = "shakespeare:0.5,milton:0.3,britannica:0.2"
+
+
+def _take(iterator, count):
+    return [next(iterator) for _ in range(count)]
+
+
+def _assert_batches_equal(batches_a, batches_b):
+    assert len(batches_a) == len(batches_b)
+    for a, b in zip(batches_a, batches_b):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def tiny_mixture(tmp_path_factory):
+    """'tiny' (a few windows: its epochs end every few batches) and 'big', at equal rates."""
+    folder = tmp_path_factory.mktemp("sources")
+    text = corpus_lib.split_text("shakespeare", "validation")
+    (folder / "tiny.txt").write_text(text[:400])
+    (folder / "big.txt").write_text(text[1000:21000])
+    return f"{folder / 'tiny.txt'}:0.5,{folder / 'big.txt'}:0.5"
+
+
+@pytest.mark.parametrize("spec", [EXPLICIT, "gutenberg"])
+def test_empirical_rates_within_two_percent_over_10000_examples(spec):
+    cfg = DataConfig(mixture=spec, seq_len=16, batch_size=100)
+    iterator = pipeline.make_train_iterator(cfg, seed=0)
+    _take(iterator, 100)  # 10,000 rows
+    counts = np.array(list(iterator.get_state()["consumed"].values()))
+    assert counts.sum() == 10_000
+    np.testing.assert_allclose(counts / 10_000, mixture.mixture_rates(cfg), atol=0.02)
+
+
+def test_explicit_rates_are_normalized():
+    cfg = DataConfig(mixture="shakespeare:2,milton:1,britannica:1")
+    np.testing.assert_allclose(mixture.mixture_rates(cfg), [0.5, 0.25, 0.25])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 5.0])
+def test_temperature_rates_match_the_closed_form(temperature):
+    cfg = DataConfig(mixture="gutenberg", mixture_temperature=temperature)
+    sizes = np.array([len(corpus_lib.split_text(c, "train"))
+                      for c in ("shakespeare", "milton", "britannica")], np.float64)
+    expected = sizes ** (1 / temperature) / np.sum(sizes ** (1 / temperature))
+    np.testing.assert_allclose(mixture.mixture_rates(cfg), expected, rtol=1e-12)
+    flat = mixture.temperature_rates(sizes, 1e9)
+    np.testing.assert_allclose(flat, np.full(3, 1 / 3), rtol=1e-6)
+
+
+def test_each_epoch_is_a_new_permutation(tiny_mixture):
+    cfg = DataConfig(mixture=tiny_mixture, seq_len=8, batch_size=8)
+    source = mixture._Source(mixture.source_config(cfg, tiny_mixture.split(":")[0]), 3, 0)
+    n = source.num_examples
+    first, second = source.examples(np.arange(n)), source.examples(np.arange(n, 2 * n))
+    assert sorted(first) == sorted(second) == list(range(n))
+    assert not np.array_equal(first, second)
+
+
+def test_resumption_equals_the_uninterrupted_run_across_epochs(tiny_mixture):
+    cfg = DataConfig(mixture=tiny_mixture, seq_len=8, batch_size=8)
+    uninterrupted = pipeline.make_train_iterator(cfg, seed=3)
+    expected = _take(uninterrupted, 30)
+    tiny_windows = len(pipeline.validation_windows(
+        pipeline.split_tokens(mixture.source_config(cfg, tiny_mixture.split(":")[0]), "train"),
+        cfg.seq_len))
+    assert uninterrupted.consumed[0] > 2 * tiny_windows  # several epochs of the tiny source
+    for stop in (1, 7, 13):
+        first = pipeline.make_train_iterator(cfg, seed=3)
+        _take(first, stop)
+        state = json.loads(json.dumps(first.get_state()))
+        resumed = pipeline.make_train_iterator(cfg, seed=3)
+        resumed.set_state(state)
+        _assert_batches_equal(_take(resumed, 30 - stop), expected[stop:])
+    replayed = pipeline.make_train_iterator(cfg, seed=3)  # a state without the counts
+    replayed.set_state({"batch_index": 7, "seed": 3})
+    _assert_batches_equal(_take(replayed, 3), expected[7:10])
+    with pytest.raises(ValueError, match="seed"):
+        pipeline.make_train_iterator(cfg, seed=4).set_state(state)
+
+
+def test_single_tiny_source_resumes_across_its_epoch_boundary(tiny_mixture):
+    cfg = DataConfig(mixture=tiny_mixture.split(":")[0], seq_len=8, batch_size=4)
+    expected = _take(pipeline.make_train_iterator(cfg, seed=5), 40)
+    resumed = pipeline.make_train_iterator(cfg, seed=5)
+    resumed.set_state({"batch_index": 11, "seed": 5,
+                       "consumed": {tiny_mixture.split(":")[0]: 44}})
+    _assert_batches_equal(_take(resumed, 29), expected[11:])
+
+
+def test_mixture_rows_are_windows_of_their_sources():
+    cfg = DataConfig(mixture=EXPLICIT, seq_len=32, batch_size=16)
+    batch = next(pipeline.make_train_iterator(cfg, seed=1))
+    vocab = pipeline.vocabulary(cfg)
+    texts = [corpus_lib.split_text(c, "train") for c in ("shakespeare", "milton", "britannica")]
+    for inputs in batch["inputs"]:
+        assert any(vocab.decode(inputs) in text for text in texts)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_host_slices_concatenate_to_the_global_batch(tiny_mixture, packing):
+    cfg = DataConfig(mixture=tiny_mixture, seq_len=8, batch_size=8, eval_batches=2,
+                     packing=packing)
+    whole = _take(pipeline.make_train_iterator(cfg, seed=7), 12)
+    hosts = [_take(pipeline.make_train_iterator(cfg, 7, p, 2), 12) for p in range(2)]
+    whole_eval = pipeline.make_eval_batches(cfg)
+    hosts_eval = [pipeline.make_eval_batches(cfg, p, 2) for p in range(2)]
+    for batches, halves in [(whole, hosts), (whole_eval, hosts_eval)]:
+        joined = [{k: np.concatenate([h[i][k] for h in halves]) for k in batches[0]}
+                  for i in range(len(batches))]
+        _assert_batches_equal(joined, batches)
+
+
+def test_per_source_validation_batches():
+    cfg = DataConfig(mixture="gutenberg", seq_len=16, batch_size=4, eval_batches=3)
+    per_source = mixture.source_eval_batches(cfg)
+    assert list(per_source) == ["shakespeare", "milton", "britannica"]
+    assert all(len(batches) == 3 for batches in per_source.values())
+    flat = [b for batches in per_source.values() for b in batches]
+    _assert_batches_equal(pipeline.make_eval_batches(cfg), flat)
+    vocab = pipeline.vocabulary(cfg)
+    text = vocab.decode(per_source["milton"][0]["inputs"][0])
+    assert text in corpus_lib.split_text("milton", "validation")
+
+
+def test_default_config_has_no_mixture_and_config_errors():
+    assert DataConfig().mixture == ""
+    assert DataConfig.from_config({"mixture": "gutenberg"}).mixture == "gutenberg"
+    with pytest.raises(ConfigError, match="backend"):
+        DataConfig(mixture="gutenberg", backend="synthetic")
+    with pytest.raises(ConfigError, match="mixture_temperature"):
+        DataConfig(mixture="gutenberg", mixture_temperature=0.0)
+    with pytest.raises(ConfigError, match="for none"):
+        DataConfig(mixture="shakespeare:0.5,milton")
+    with pytest.raises(ConfigError, match="distinct"):
+        DataConfig(mixture="milton,milton")
+
+
+def test_seqio_mixture_has_the_same_rates():
+    seqio = pytest.importorskip("seqio")
+    from lm.data import tasks
+
+    name = tasks.register_mixture("gutenberg", seq_len=16, temperature=2.0)
+    registered = seqio.get_mixture_or_task(name)
+    rates = {task.name.split("_")[0]: registered.get_rate(task) for task in registered.tasks}
+    expected = mixture.mixture_rates(DataConfig(mixture="gutenberg", mixture_temperature=2.0))
+    np.testing.assert_allclose([rates[c] for c in ("shakespeare", "milton", "britannica")],
+                               expected)
+    example = next(registered.get_dataset({"targets": 17}, split="train", shuffle=False,
+                                          seed=0).as_numpy_iterator())
+    assert example["targets"].shape == (17,)
