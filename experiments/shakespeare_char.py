@@ -27,6 +27,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.data.eval_batches = 50      # validation batches per evaluation (50 x 12 x 64 tokens)
     config.data.packing = False        # pack documents with segment ids (document tasks)
     config.data.synthetic_vocab_size = 256  # vocabulary of the synthetic backend
+    config.data.mixture = ""           # '' = one corpus; 'gutenberg' or 'shakespeare:0.7,milton:0.3'
+    config.data.mixture_temperature = 1.0  # mixture rates ∝ size^(1/T) when none are given
+    config.data.cache_dir = ""         # pre-tokenized cache (python -m lm.data.cache); '' = none
 
     # Model: 4 layers, 4 heads, d_model 128, GELU MLP, LayerNorm, learned positions, tied
     # embeddings, no biases, no dropout (see configs/models.py for every field).

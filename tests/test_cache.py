@@ -60,3 +60,26 @@ def test_reading_needs_no_tensorflow_or_tokenizer(built):
             "assert 'tensorflow' not in sys.modules and 'sentencepiece' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_array_backend_reads_the_cache(built):
+    cfg, path = built
+    for packing in (False, True):
+        plain = pipeline.DataConfig(corpus="shakespeare", vocab="sentencepiece", seq_len=64,
+                                    packing=packing)
+        from_cache = pipeline.DataConfig(corpus="shakespeare", vocab="sentencepiece", seq_len=64,
+                                         packing=packing, cache_dir=path)
+        expected = next(pipeline.make_train_iterator(plain, seed=3))
+        got = next(pipeline.make_train_iterator(from_cache, seed=3))
+        for key in pipeline.BATCH_KEYS:
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+        for a, b in zip(pipeline.make_eval_batches(from_cache), pipeline.make_eval_batches(plain)):
+            np.testing.assert_array_equal(a["targets"], b["targets"])
+
+
+def test_cache_of_another_config_is_refused(built):
+    _, path = built
+    other = pipeline.DataConfig(corpus="shakespeare", vocab="char", seq_len=64, cache_dir=path)
+    with pytest.raises(pipeline.ConfigError, match="built for another data config.*vocab: cache "
+                                                   "'sentencepiece', config 'char'"):
+        next(pipeline.make_train_iterator(other, seed=0))

@@ -57,6 +57,7 @@ class DataConfig:
     synthetic_vocab_size: int = 256  # vocabulary of backend='synthetic'
     mixture: str = ""  # '' = one corpus; registered name ('gutenberg') or 'corpus:rate,...'
     mixture_temperature: float = 1.0  # rates ∝ size^(1/T) when the mixture gives no rates
+    cache_dir: str = ""  # pre-tokenized cache (python -m lm.data.cache); '' = tokenize in memory
 
     @classmethod
     def from_config(cls, section: Any) -> "DataConfig":
@@ -104,6 +105,9 @@ def _validate(cfg: DataConfig) -> None:
         raise ConfigError("config.data.packing needs documents; use backend 'array' or 'seqio', "
                           "or set packing=False for synthetic data.")
     _validate_mixture(cfg)
+    if cfg.cache_dir and (cfg.backend != "array" or cfg.mixture):
+        raise ConfigError("config.data.cache_dir is read by backend 'array' without a mixture; "
+                          "clear config.data.cache_dir or set backend='array'.")
 
 
 def _validate_mixture(cfg: DataConfig) -> None:
@@ -161,7 +165,10 @@ def _cached_vocabulary(kind: str, corpora: tuple[str, ...],
 # ----------------------------------------------------------------------------- tokens
 
 def split_tokens(cfg: DataConfig, split: str) -> np.ndarray:
-    """The whole split as one int32 token array, encoded once per process (read-only)."""
+    """The whole split as one token array, encoded once per process (read-only), or
+    memory-mapped from ``cfg.cache_dir``."""
+    if cfg.cache_dir:
+        return _token_cache(cfg, split).tokens
     return _cached_split_tokens(cfg.corpus, split, cfg.train_fraction, cfg.vocab, cfg.model_path,
                                 vocab_corpora(cfg))
 
@@ -174,6 +181,26 @@ def _cached_split_tokens(corpus, split, train_fraction, vocab_kind, model_path,
     tokens = vocab.encode_array(text).astype(np.int32)
     tokens.setflags(write=False)
     return tokens
+
+
+def _token_cache(cfg: DataConfig, split: str, packed: bool = False):
+    """The cache of ``cfg.cache_dir`` after checking it was built for this data config."""
+    from lm.data.cache import TokenCache
+    try:
+        cached = TokenCache(cfg.cache_dir, split)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config.data.cache_dir: {e}") from None
+    expected = {"corpus": cfg.corpus, "vocab": cfg.vocab, "vocab_model": cfg.vocab_model,
+                "train_fraction": cfg.train_fraction}
+    if packed:
+        expected["seq_len"] = cfg.seq_len
+    wrong = {k: (cached.meta.get(k), v) for k, v in expected.items() if cached.meta.get(k) != v}
+    if wrong:
+        raise ConfigError(f"config.data.cache_dir={cfg.cache_dir!r} was built for another data "
+                          "config (" + "; ".join(f"{k}: cache {c!r}, config {v!r}"
+                                                 for k, (c, v) in wrong.items())
+                          + "); rebuild it with python -m lm.data.cache or clear cache_dir.")
+    return cached
 
 
 def document_tokens(cfg: DataConfig, split: str) -> list[np.ndarray]:
@@ -303,7 +330,11 @@ def packed_batch(targets_bt: np.ndarray, positions_bt: np.ndarray) -> Batch:
 
 
 def packed_rows(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(targets, positions) of every packed row of the split, built once per process."""
+    """(targets, positions) of every packed row of the split, built once per process, or
+    memory-mapped from ``cfg.cache_dir``."""
+    if cfg.cache_dir:
+        cached = _token_cache(cfg, split, packed=True)
+        return cached.packed_targets, cached.packed_positions
     return _cached_packed_rows(cfg.corpus, split, cfg.train_fraction, cfg.vocab,
                                cfg.vocab_model, cfg.seq_len, cfg.backend, cfg.mixture)
 
