@@ -17,13 +17,23 @@ _Q_AXES = ("activation_batch", "activation_length", "activation_heads", "activat
 _KV_AXES = ("activation_batch", "activation_length", "activation_kv_heads", "activation_kv")
 
 
-def attention_mask(segment_ids_bt: Optional[jax.Array], length: int) -> Optional[jax.Array]:
-    """Boolean [B, 1, T, T] mask: causal and within one packed segment; None if unpacked."""
-    if segment_ids_bt is None:
+def attention_mask(segment_ids_bt: Optional[jax.Array], length: int,
+                   bidirectional_bt: Optional[jax.Array] = None) -> Optional[jax.Array]:
+    """Boolean [B, 1, T, T] mask (query i may see key j), or None for plain causal attention.
+
+    Within one packed segment: j <= i (causal), or both i and j in the segment's prefix
+    (``bidirectional_bt`` = 1), which makes a prefix LM: bidirectional over the prefix, causal
+    over the target.
+    """
+    if segment_ids_bt is None and bidirectional_bt is None:
         return None
-    causal_tt = jnp.tril(jnp.ones((length, length), dtype=bool))
-    same_segment_btt = segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
-    return (causal_tt[None] & same_segment_btt)[:, None]
+    visible_btt = jnp.tril(jnp.ones((length, length), dtype=bool))[None]
+    if bidirectional_bt is not None:
+        prefix_bt = bidirectional_bt.astype(bool)
+        visible_btt = visible_btt | (prefix_bt[:, :, None] & prefix_bt[:, None, :])
+    if segment_ids_bt is not None:
+        visible_btt = visible_btt & (segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :])
+    return visible_btt[:, None]
 
 
 def exact_attention(q_bthk, k_bsgk, v_bsgk, bias_bhts, mask_b1ts, scale):
@@ -61,7 +71,8 @@ class Attention(nnx.Module):
 
     def __call__(self, x_btd: jax.Array, positions_bt: jax.Array,
                  segment_ids_bt: Optional[jax.Array] = None,
-                 rng: Optional[jax.Array] = None) -> jax.Array:
+                 rng: Optional[jax.Array] = None,
+                 bidirectional_bt: Optional[jax.Array] = None) -> jax.Array:
         cfg = self.cfg
         q_bthk = constrain(self.query(x_btd), _Q_AXES)
         k_bsgk = constrain(self.key(x_btd), _KV_AXES)
@@ -71,7 +82,7 @@ class Attention(nnx.Module):
             k_bsgk = pos.apply_rope(k_bsgk, positions_bt, cfg.rope_theta)
         bias = (pos.alibi_bias(positions_bt, positions_bt, cfg.num_heads).astype(q_bthk.dtype)
                 if cfg.positions == "alibi" else None)
-        mask = attention_mask(segment_ids_bt, x_btd.shape[1])
+        mask = attention_mask(segment_ids_bt, x_btd.shape[1], bidirectional_bt)
         scale = cfg.dim_per_head ** -0.5
         if _use_exact(cfg.attention):
             out_bthk = exact_attention(q_bthk, k_bsgk, v_bsgk, bias, mask, scale)

@@ -47,9 +47,10 @@ class Block(nnx.Module):
         self.mlp_norm = None if self.parallel else Norm(cfg, rngs)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x_btd, positions_bt, segment_ids_bt=None, rng=None):
+    def __call__(self, x_btd, positions_bt, segment_ids_bt=None, rng=None, bidirectional_bt=None):
         h_btd = self.attn_norm(x_btd)
-        attn_btd = self.attention(h_btd, positions_bt, segment_ids_bt, _fold(rng, 0))
+        attn_btd = self.attention(h_btd, positions_bt, segment_ids_bt, _fold(rng, 0),
+                                  bidirectional_bt)
         if self.parallel:
             x_btd = x_btd + attn_btd + self.mlp(h_btd, _fold(rng, 1))
         else:
@@ -117,12 +118,15 @@ class Decoder(nnx.Module):
 
     def __call__(self, tokens_bt: jax.Array, positions_bt: Optional[jax.Array] = None,
                  segment_ids_bt: Optional[jax.Array] = None,
-                 dropout_rng: Optional[jax.Array] = None) -> jax.Array:
-        """Logits [B, T, V] in the compute dtype. ``dropout_rng=None`` means deterministic."""
+                 dropout_rng: Optional[jax.Array] = None,
+                 bidirectional_bt: Optional[jax.Array] = None) -> jax.Array:
+        """Logits [B, T, V] in the compute dtype. ``dropout_rng=None`` means deterministic;
+        ``bidirectional_bt`` marks prefix tokens that see each other (prefix LM)."""
         if positions_bt is None:
             positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
         x_btd = self._embed(tokens_bt, positions_bt, _fold(dropout_rng, 0))
-        x_btd = self._run_blocks(x_btd, positions_bt, segment_ids_bt, _fold(dropout_rng, 1))
+        x_btd = self._run_blocks(x_btd, positions_bt, segment_ids_bt, _fold(dropout_rng, 1),
+                                 bidirectional_bt)
         x_btd = self.final_norm(x_btd)
         logits_btv = self.embed.attend(x_btd) if self.head is None else self.head(x_btd)
         return constrain(logits_btv, _LOGIT_AXES)
@@ -141,13 +145,13 @@ class Decoder(nnx.Module):
             return fn
         return jax.checkpoint(fn, policy=REMAT_POLICIES[self.cfg.remat])
 
-    def _run_blocks(self, x_btd, positions_bt, segment_ids_bt, rng):
+    def _run_blocks(self, x_btd, positions_bt, segment_ids_bt, rng, bidirectional_bt=None):
         if self.cfg.pipelined and x_btd.shape[0] % self.cfg.microbatches == 0:
-            return self._run_pipelined(x_btd, positions_bt, segment_ids_bt, rng)
+            return self._run_pipelined(x_btd, positions_bt, segment_ids_bt, rng, bidirectional_bt)
 
         def apply_block(block_state, x, index):
             block = nnx.merge(graphdef, block_state)
-            return block(x, positions_bt, segment_ids_bt, _fold(rng, index))
+            return block(x, positions_bt, segment_ids_bt, _fold(rng, index), bidirectional_bt)
 
         apply_block = self._remat(apply_block)
         if self.cfg.scan_layers or self.cfg.pipelined:
@@ -167,7 +171,7 @@ class Decoder(nnx.Module):
             x_btd = apply_block(block_state, x_btd, index)
         return x_btd
 
-    def _run_pipelined(self, x_btd, positions_bt, segment_ids_bt, rng):
+    def _run_pipelined(self, x_btd, positions_bt, segment_ids_bt, rng, bidirectional_bt=None):
         graphdef, stacked_state = nnx.split(self.blocks)
 
         def apply_layer(block_state, x, rows, layer, microbatch):
@@ -175,9 +179,10 @@ class Decoder(nnx.Module):
             # sequential model's per-layer masks over the whole batch, not the same bits.
             block = nnx.merge(graphdef, block_state)
             return block(x, rows["positions"], rows["segment_ids"],
-                         _fold(_fold(rng, layer), microbatch))
+                         _fold(_fold(rng, layer), microbatch), rows["bidirectional"])
 
-        rows = {"positions": positions_bt, "segment_ids": segment_ids_bt}
+        rows = {"positions": positions_bt, "segment_ids": segment_ids_bt,
+                "bidirectional": bidirectional_bt}
         return pipeline_apply(self._remat(apply_layer), stacked_state, x_btd, rows,
                               stages=self.cfg.pipeline_stages,
                               microbatches=self.cfg.microbatches,

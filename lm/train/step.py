@@ -25,10 +25,12 @@ class StepConfig:
 
 def logits_fn(graphdef: nnx.GraphDef, params, batch: Batch, packed: bool = False,
               dropout_rng: Optional[jax.Array] = None) -> jax.Array:
-    """Logits [B, T, V]. Unpacked batches (one window per row) need no segment mask."""
+    """Logits [B, T, V]. Unpacked batches (one window per row) need no segment mask; a batch with
+    a ``bidirectional`` field (prefix LM) gets its prefix attention from it."""
     model = nnx.merge(graphdef, params)
     segment_ids = batch["segment_ids"] if packed else None
-    return model(batch["inputs"], batch["positions"], segment_ids, dropout_rng)
+    return model(batch["inputs"], batch["positions"], segment_ids, dropout_rng,
+                 batch.get("bidirectional"))
 
 
 def token_losses(logits_btv: jax.Array, targets_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
