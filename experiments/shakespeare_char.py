@@ -30,6 +30,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.data.mixture = ""           # '' = one corpus; 'gutenberg' or 'shakespeare:0.7,milton:0.3'
     config.data.mixture_temperature = 1.0  # mixture rates ∝ size^(1/T) when none are given
     config.data.cache_dir = ""         # pre-tokenized cache (python -m lm.data.cache); '' = none
+    config.data.prefetch = 2           # batches prepared ahead on a background thread (0: none)
 
     # Model: 4 layers, 4 heads, d_model 128, GELU MLP, LayerNorm, learned positions, tied
     # embeddings, no biases, no dropout (see configs/models.py for every field).

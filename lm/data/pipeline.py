@@ -58,6 +58,7 @@ class DataConfig:
     mixture: str = ""  # '' = one corpus; registered name ('gutenberg') or 'corpus:rate,...'
     mixture_temperature: float = 1.0  # rates ∝ size^(1/T) when the mixture gives no rates
     cache_dir: str = ""  # pre-tokenized cache (python -m lm.data.cache); '' = tokenize in memory
+    prefetch: int = 2  # batches produced ahead on a background thread while training (0: none)
 
     @classmethod
     def from_config(cls, section: Any) -> "DataConfig":
@@ -89,6 +90,7 @@ def _validate(cfg: DataConfig) -> None:
     _check_choice(cfg, "vocab", vocab_lib.KINDS)
     for name in ("seq_len", "batch_size", "eval_batches"):
         _check_positive_int(cfg, name)
+    _check_positive_int(cfg, "prefetch", minimum=0)
     _check_positive_int(cfg, "synthetic_vocab_size", minimum=vocab_lib.NUM_RESERVED + 1)
     if not isinstance(cfg.corpus, str) or not cfg.corpus:
         raise ConfigError("config.data.corpus must name an embedded corpus "

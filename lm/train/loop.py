@@ -16,7 +16,7 @@ import jax
 from tqdm.auto import tqdm
 
 from lm.data import pipeline as data_lib
-from lm.data.loader import to_global
+from lm.data.loader import Prefetcher, to_global
 from lm.infer.sample import generate
 from lm.parallel import make_mesh
 from lm.parallel import sharding as shd
@@ -117,15 +117,22 @@ def pretrain(config, workdir: str, devices=None) -> dict:
                                 exp.train.async_checkpoint)
     train_iter = data_lib.make_train_iterator(exp.data, exp.seed, jax.process_index(),
                                               jax.process_count())
-    state = _restore_or_init(trainer, checkpointer, train_iter)
-    save_config(workdir, config, exp)
-    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
-    eval_batches = data_lib.make_eval_batches(exp.data, jax.process_index(), jax.process_count())
+    if exp.data.prefetch:
+        train_iter = Prefetcher(train_iter, exp.data.prefetch)
     try:
-        final = _train_loop(trainer, state, train_iter, eval_batches, checkpointer, writer)
+        state = _restore_or_init(trainer, checkpointer, train_iter)
+        save_config(workdir, config, exp)
+        writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+        eval_batches = data_lib.make_eval_batches(exp.data, jax.process_index(),
+                                                  jax.process_count())
+        try:
+            final = _train_loop(trainer, state, train_iter, eval_batches, checkpointer, writer)
+        finally:
+            writer.close()
     finally:
         checkpointer.close()
-        writer.close()
+        if isinstance(train_iter, Prefetcher):
+            train_iter.close()
     if jax.process_index() == 0:
         plot_losses(workdir)
     return final
