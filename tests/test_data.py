@@ -92,7 +92,7 @@ def test_corpus_errors_name_the_file_and_the_fix(tmp_path, name, content, fragme
 
 
 def test_empty_folder_is_a_corpus_error(tmp_path):
-    with pytest.raises(corpus_lib.CorpusError, match="no .txt files"):
+    with pytest.raises(corpus_lib.CorpusError, match="no .txt or .jsonl files"):
         corpus_lib.load_documents(str(tmp_path))
 
 

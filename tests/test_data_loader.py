@@ -45,3 +45,26 @@ def test_errors_in_the_producer_reach_the_consumer():
     except OSError as e:
         assert "vanished" in str(e)
     ahead.close()
+
+
+def test_cleaned_jsonl_shards_are_a_corpus(tmp_path):
+    """The cleaning CLI's output (JSONL shards) trains like a folder of text files."""
+    import json
+
+    import pytest
+
+    from lm.data import corpus
+    shard = tmp_path / "shard-00000.jsonl"
+    shard.write_text("\n".join(json.dumps({"name": n, "text": t}) for n, t in
+                               [("a.txt", "First document. " * 20), ("b.txt", "Second one. " * 20)]))
+    (tmp_path / "notes.txt").write_text("A plain text file too. " * 10)
+    docs = corpus.load_documents(str(tmp_path))
+    assert [d.name for d in docs] == ["notes.txt", "a.txt", "b.txt"]  # files in sorted order
+    batch = next(pipeline.make_train_iterator(
+        pipeline.DataConfig(corpus=str(tmp_path), batch_size=2, seq_len=16), seed=0))
+    assert batch["inputs"].shape == (2, 16)
+
+    (tmp_path / "shard-00001.jsonl").write_text('{"name": "c"}\n')
+    corpus._load_documents_cached.cache_clear()
+    with pytest.raises(corpus.CorpusError, match="shard-00001.jsonl' line 1 is not a JSON object"):
+        corpus.load_documents(str(tmp_path))

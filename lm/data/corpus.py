@@ -1,4 +1,4 @@
-"""Text corpora: the embedded Project Gutenberg texts, or the user's own .txt files.
+"""Text corpora: the embedded Project Gutenberg texts, or the user's own .txt / .jsonl files.
 
 A corpus is a sorted list of documents. The embedded ones live in ``lm/data/corpora/`` as
 xz-compressed JSON lines (one ``{"name", "text"}`` object per document, sorted by file name,
@@ -104,7 +104,7 @@ def _load_documents_cached(corpus: str) -> tuple[Document, ...]:
     if corpus in EMBEDDED:
         documents = _read_embedded(corpus)
     else:
-        documents = tuple(_read_text_file(p) for p in _text_files(pathlib.Path(corpus)))
+        documents = tuple(d for p in _text_files(pathlib.Path(corpus)) for d in _read_file(p))
     if not documents or not any(d.text for d in documents):
         raise CorpusError(f"corpus {corpus!r} has no text; give a non-empty .txt file or folder.")
     return documents
@@ -112,16 +112,40 @@ def _load_documents_cached(corpus: str) -> tuple[Document, ...]:
 
 def _text_files(path: pathlib.Path) -> list[pathlib.Path]:
     if path.is_dir():
-        files = sorted(p for p in path.glob("*.txt") if p.is_file())
+        files = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.suffix in (".txt", ".jsonl"))
         if not files:
-            raise CorpusError(f"corpus folder {str(path)!r} holds no .txt files; add some or "
-                              f"name one of the embedded corpora ({', '.join(EMBEDDED)}).")
+            raise CorpusError(f"corpus folder {str(path)!r} holds no .txt or .jsonl files; add "
+                              f"some or name one of the embedded corpora ({', '.join(EMBEDDED)}).")
         return files
     if path.is_file():
         return [path]
     raise CorpusError(f"corpus {str(path)!r} is neither an embedded corpus "
                       f"({', '.join(EMBEDDED)}) nor an existing .txt file or folder; "
                       f"check config.data.corpus.")
+
+
+def _read_file(path: pathlib.Path) -> list[Document]:
+    """A .txt file is one document; a .jsonl file one per line (e.g. lm.data.clean's shards)."""
+    document = _read_text_file(path)
+    if path.suffix != ".jsonl":
+        return [document]
+    return _jsonl_documents(path, document.text)
+
+
+def _jsonl_documents(path: pathlib.Path, text: str) -> list[Document]:
+    documents = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            documents.append(Document(str(record.get("name", f"{path.name}:{number}")),
+                                      record["text"]))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise CorpusError(f"{str(path)!r} line {number} is not a JSON object with a 'text' "
+                              f"field; fix or remove that line.") from None
+    return documents
 
 
 def _read_text_file(path: pathlib.Path) -> Document:
