@@ -216,3 +216,16 @@ def test_pipeline_config_errors_name_the_fields():
     config.mesh.update(dict(pipeline=4, data=2))  # 8 rows / 8 microbatches = 1 row, data=2
     with pytest.raises(ConfigError, match="8 pipeline microbatches has 1 rows, not divisible"):
         loop.Trainer(config, "", jax.devices())
+
+
+def test_mixture_reports_validation_loss_per_source(tmp_path):
+    config = small_config(steps=2)
+    config.data.update(dict(backend="array", mixture="gutenberg", eval_batches=1))
+    config.model.vocab_size = 0
+    loop.pretrain(config, str(tmp_path), jax.devices()[:1])
+    row = [r for r in read_metrics(str(tmp_path)) if "eval/loss" in r][-1]
+    sources = ("shakespeare", "milton", "britannica")
+    per_source = [row[f"eval/{name}/loss"] for name in sources]
+    # Every source has the same number of scored tokens, so the total is their mean.
+    np.testing.assert_allclose(row["eval/loss"], np.mean(per_source), rtol=1e-6)
+    assert len(set(per_source)) == 3

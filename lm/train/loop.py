@@ -84,15 +84,30 @@ class Trainer:
     def init_state(self) -> TrainState:
         return create_state(self.exp.model, self.optimizer, self.mesh, self.exp.seed, self.layout)[1]
 
-    def evaluate(self, params, batches) -> dict:
+    def eval_sets(self) -> dict[str, list]:
+        """Validation batches by source: one set, or one per corpus of a mixture."""
+        data, index, count = self.exp.data, jax.process_index(), jax.process_count()
+        if data.mixture:
+            from lm.data.mixture import source_eval_batches
+            return source_eval_batches(data, index, count)
+        return {"": data_lib.make_eval_batches(data, index, count)}
+
+    def evaluate(self, params, sets: dict[str, list]) -> dict:
+        """eval/loss over every set (token-weighted), and eval/<source>/loss for each of several."""
+        sums = {name: self._loss_sums(params, batches) for name, batches in sets.items()}
+        scores = _scores("eval", *map(sum, zip(*sums.values())))
+        if len(sets) > 1:
+            for name, (loss_sum, weight_sum) in sums.items():
+                scores.update(_scores(f"eval/{name}", loss_sum, weight_sum))
+        return scores
+
+    def _loss_sums(self, params, batches) -> tuple[float, float]:
         loss_sum = weight_sum = 0.0
         for batch in batches:
             out = self.eval_step(params, to_global(batch, self.batch_sharding))
             loss_sum += float(out["loss_sum"])
             weight_sum += float(out["weight_sum"])
-        loss = loss_sum / max(weight_sum, 1.0)
-        return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0)),
-                "eval/bits_per_token": loss / math.log(2)}
+        return loss_sum, weight_sum
 
     def sample(self, params, seed: int) -> str:
         """A text sample; every process must call it (parameters are gathered collectively)."""
@@ -105,6 +120,12 @@ class Trainer:
         tokens = generate(self.graphdef, params, prompt, train.sample_tokens, window,
                           train.sample_temperature, train.sample_top_k, seed)[0]
         return train.sample_prompt + vocab.decode(tokens)
+
+
+def _scores(prefix: str, loss_sum: float, weight_sum: float) -> dict:
+    loss = loss_sum / max(weight_sum, 1.0)
+    return {f"{prefix}/loss": loss, f"{prefix}/perplexity": math.exp(min(loss, 50.0)),
+            f"{prefix}/bits_per_token": loss / math.log(2)}
 
 
 def pretrain(config, workdir: str, devices=None) -> dict:
@@ -123,10 +144,9 @@ def pretrain(config, workdir: str, devices=None) -> dict:
         state = _restore_or_init(trainer, checkpointer, train_iter)
         save_config(workdir, config, exp)
         writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
-        eval_batches = data_lib.make_eval_batches(exp.data, jax.process_index(),
-                                                  jax.process_count())
+        eval_sets = trainer.eval_sets()
         try:
-            final = _train_loop(trainer, state, train_iter, eval_batches, checkpointer, writer)
+            final = _train_loop(trainer, state, train_iter, eval_sets, checkpointer, writer)
         finally:
             writer.close()
     finally:
@@ -148,7 +168,7 @@ def _restore_or_init(trainer: Trainer, checkpointer: Checkpointer, train_iter) -
     return state
 
 
-def _train_loop(trainer: Trainer, state: TrainState, train_iter, eval_batches, checkpointer,
+def _train_loop(trainer: Trainer, state: TrainState, train_iter, eval_sets, checkpointer,
                 writer: MetricsWriter) -> dict:
     exp, cfg = trainer.exp, trainer.exp.train
     start = int(state.step)
@@ -179,7 +199,7 @@ def _train_loop(trainer: Trainer, state: TrainState, train_iter, eval_batches, c
             final.update(row)
             window_start, window_steps = time.perf_counter(), 0
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            final.update(_eval_and_sample(trainer, state, eval_batches, writer, step, bar))
+            final.update(_eval_and_sample(trainer, state, eval_sets, writer, step, bar))
             window_start, window_steps = time.perf_counter(), 0
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpointer.save(step, state, train_iter.get_state(), force=True)
@@ -190,8 +210,8 @@ def _train_loop(trainer: Trainer, state: TrainState, train_iter, eval_batches, c
     return final
 
 
-def _eval_and_sample(trainer: Trainer, state, eval_batches, writer, step: int, bar) -> dict:
-    scores = trainer.evaluate(state.params, eval_batches)
+def _eval_and_sample(trainer: Trainer, state, eval_sets, writer, step: int, bar) -> dict:
+    scores = trainer.evaluate(state.params, eval_sets)
     writer.write(step, scores)
     bar.write(f"step {step}: eval/loss {scores['eval/loss']:.4f}  "
               f"perplexity {scores['eval/perplexity']:.2f}")
@@ -217,8 +237,7 @@ def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None, device
                               f"(config.mode='pretrain') or point --workdir at a trained run")
     state, _ = checkpointer.restore(step, trainer.abstract_state)
     checkpointer.close()
-    batches = data_lib.make_eval_batches(trainer.exp.data, jax.process_index(), jax.process_count())
-    scores = {"step": step, **trainer.evaluate(state.params, batches)}
+    scores = {"step": step, **trainer.evaluate(state.params, trainer.eval_sets())}
     if jax.process_index() == 0:
         with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
             json.dump(scores, f, indent=2)
