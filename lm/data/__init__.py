@@ -14,7 +14,7 @@ _MODULE_OF_NAME = {
     **dict.fromkeys(["CharVocabulary", "SentencePieceVocabulary", "SyntheticVocabulary",
                      "as_seqio_vocabulary", "make_vocabulary", "vocabulary_from_json"],
                     "lm.data.vocab"),
-    **dict.fromkeys(["to_global", "global_batches"], "lm.data.loader"),
+    **dict.fromkeys(["Prefetcher", "to_global"], "lm.data.loader"),
 }
 __all__ = sorted(_MODULE_OF_NAME)
 

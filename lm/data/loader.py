@@ -1,9 +1,9 @@
-"""Host batches -> global jax.Arrays sharded over the mesh's batch axes."""
+"""Host batches -> global jax.Arrays sharded over the batch axes, and a prefetching wrapper."""
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import jax
 import numpy as np
@@ -14,12 +14,6 @@ def to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[
     """This host's rows of every field -> one global array per field (no cross-host copy)."""
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
             for k, v in batch.items()}
-
-
-def global_batches(host_batches: Iterator[Mapping[str, np.ndarray]],
-                   sharding: NamedSharding) -> Iterator[dict[str, jax.Array]]:
-    for batch in host_batches:
-        yield to_global(batch, sharding)
 
 
 class Prefetcher:

@@ -71,11 +71,6 @@ def _dividing_prefix(axes: tuple[str, ...], dim: int, mesh: Mesh) -> tuple[str, 
     return tuple(kept)
 
 
-def current_mesh() -> Optional[Mesh]:
-    ctx = _CONTEXT.get()
-    return ctx[0] if ctx else None
-
-
 def constrain(x: jax.Array, names: Sequence[Optional[str]]) -> jax.Array:
     """Sharding constraint on an activation by logical names (no-op without installed rules)."""
     ctx = _CONTEXT.get()

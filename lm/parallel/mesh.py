@@ -98,8 +98,3 @@ def make_mesh(cfg: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) -
         except (ValueError, NotImplementedError, AssertionError):
             grid = np.asarray(devices).reshape(ici_shape)
     return Mesh(grid, AXES)
-
-
-def batch_axes_size(mesh: Mesh) -> int:
-    """How many ways the global batch is split (data x fsdp)."""
-    return mesh.shape["data"] * mesh.shape["fsdp"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -52,7 +51,3 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-def shapes_of(tree: Any) -> Any:
-    return jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), tree)
