@@ -30,10 +30,11 @@ def setup_logging(workdir: str = "") -> None:
 
 def main_with_clear_errors(fn) -> None:
     """Runs ``fn``; configuration and input errors print one clear line instead of a traceback."""
+    from lm.data.corpus import CorpusError
     from lm.train.checkpoint import CheckpointError
     try:
         fn()
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, CheckpointError, CorpusError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except (AttributeError, KeyError) as e:
@@ -42,11 +43,6 @@ def main_with_clear_errors(fn) -> None:
         # An override such as --config.train.stpes=5 names a key the experiment does not have.
         message = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
         print(f"error: unknown config key in a --config.<key> override: {message}", file=sys.stderr)
-        sys.exit(2)
-    except ValueError as e:
-        if type(e).__name__ != "CorpusError":
-            raise
-        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -14,24 +14,13 @@ from lm.data import corpus as corpus_lib
 from lm.data import pipeline
 from lm.data import vocab as vocab_lib
 from lm.data.pipeline import DataConfig
+from tests.batches import assert_batches_equal, assert_host_slices_join, take
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GUTENBERG = ROOT.parent / "shared" / "data" / "gutenberg"
 needs_gutenberg = pytest.mark.skipif(not GUTENBERG.is_dir(),
                                      reason=f"{GUTENBERG} (the source of the embedded corpora) "
                                             "is not present")
-
-
-def _take(iterator, count):
-    return [next(iterator) for _ in range(count)]
-
-
-def _assert_batches_equal(batches_a, batches_b):
-    assert len(batches_a) == len(batches_b)
-    for a, b in zip(batches_a, batches_b):
-        assert a.keys() == b.keys()
-        for key in a:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -157,7 +146,7 @@ BACKEND_CONFIGS = [DataConfig(), DataConfig(backend="synthetic"), DataConfig(pac
 
 @pytest.mark.parametrize("cfg", BACKEND_CONFIGS, ids=lambda c: f"{c.backend}-{c.vocab}-{c.packing}")
 def test_batch_format(cfg):
-    batches = _take(pipeline.make_train_iterator(cfg, seed=0), 2)
+    batches = take(pipeline.make_train_iterator(cfg, seed=0), 2)
     batches += pipeline.make_eval_batches(cfg)[:2]
     for batch in batches:
         assert set(batch) == set(pipeline.BATCH_KEYS)
@@ -181,9 +170,9 @@ def test_rows_are_nanogpt_windows_of_the_train_text():
 
 def test_batch_i_depends_only_on_seed_and_index():
     cfg = DataConfig()
-    first = _take(pipeline.make_train_iterator(cfg, seed=1), 4)
-    second = _take(pipeline.make_train_iterator(cfg, seed=1), 4)
-    _assert_batches_equal(first, second)
+    first = take(pipeline.make_train_iterator(cfg, seed=1), 4)
+    second = take(pipeline.make_train_iterator(cfg, seed=1), 4)
+    assert_batches_equal(first, second)
     other_seed = next(pipeline.make_train_iterator(cfg, seed=2))
     assert not np.array_equal(first[0]["inputs"], other_seed["inputs"])
     assert not np.array_equal(first[0]["inputs"], first[1]["inputs"])
@@ -192,26 +181,19 @@ def test_batch_i_depends_only_on_seed_and_index():
 @pytest.mark.parametrize("cfg", BACKEND_CONFIGS[:3], ids=lambda c: f"{c.backend}-{c.packing}")
 def test_iterator_state_round_trip(cfg):
     iterator = pipeline.make_train_iterator(cfg, seed=3)
-    _take(iterator, 3)
+    take(iterator, 3)
     state = json.loads(json.dumps(iterator.get_state()))
-    expected = _take(iterator, 2)
+    expected = take(iterator, 2)
     resumed = pipeline.make_train_iterator(cfg, seed=3)
     resumed.set_state(state)
-    _assert_batches_equal(_take(resumed, 2), expected)
+    assert_batches_equal(take(resumed, 2), expected)
     with pytest.raises(ValueError, match="seed"):
         pipeline.make_train_iterator(cfg, seed=4).set_state(state)
 
 
 @pytest.mark.parametrize("cfg", BACKEND_CONFIGS[:3], ids=lambda c: f"{c.backend}-{c.packing}")
 def test_host_slices_concatenate_to_the_global_batch(cfg):
-    global_train = _take(pipeline.make_train_iterator(cfg, seed=7), 2)
-    hosts = [_take(pipeline.make_train_iterator(cfg, 7, p, 2), 2) for p in range(2)]
-    global_eval = pipeline.make_eval_batches(cfg)
-    hosts_eval = [pipeline.make_eval_batches(cfg, p, 2) for p in range(2)]
-    for whole, halves in [(global_train, hosts), (global_eval, hosts_eval)]:
-        joined = [{k: np.concatenate([h[i][k] for h in halves]) for k in whole[0]}
-                  for i in range(len(whole))]
-        _assert_batches_equal(joined, whole)
+    assert_host_slices_join(cfg, train_batches=2)
 
 
 def test_eval_batches_cover_the_validation_split():
@@ -220,7 +202,7 @@ def test_eval_batches_cover_the_validation_split():
     batches = pipeline.make_eval_batches(cfg)
     np.testing.assert_array_equal(batches[0]["inputs"][0], windows[0, :-1])
     np.testing.assert_array_equal(batches[-1]["targets"][-1], windows[-1, 1:])
-    _assert_batches_equal(batches, pipeline.make_eval_batches(cfg))
+    assert_batches_equal(batches, pipeline.make_eval_batches(cfg))
 
 
 def test_synthetic_tokens_stay_in_range():
@@ -249,7 +231,7 @@ def test_array_batch_takes_well_under_a_millisecond():
     iterator = pipeline.make_train_iterator(DataConfig(), seed=0)
     next(iterator)  # tokenizes the split
     start = time.perf_counter()
-    _take(iterator, 500)
+    take(iterator, 500)
     assert (time.perf_counter() - start) / 500 < 0.5e-3
 
 
@@ -308,11 +290,11 @@ def test_seqio_backend_gives_the_array_batches(tasks, vocab):
                            eval_batches=3)
     seqio_iterator = pipeline.make_train_iterator(seqio_cfg, seed=9, process_index=1,
                                                   process_count=2)
-    expected = _take(pipeline.make_train_iterator(array_cfg, 9, 1, 2), 3)
-    _assert_batches_equal(_take(seqio_iterator, 3), expected)
+    expected = take(pipeline.make_train_iterator(array_cfg, 9, 1, 2), 3)
+    assert_batches_equal(take(seqio_iterator, 3), expected)
     seqio_iterator.set_state({"batch_index": 1, "seed": 9})  # resume replays the stream
-    _assert_batches_equal(_take(seqio_iterator, 2), expected[1:])
-    _assert_batches_equal(pipeline.make_eval_batches(seqio_cfg),
+    assert_batches_equal(take(seqio_iterator, 2), expected[1:])
+    assert_batches_equal(pipeline.make_eval_batches(seqio_cfg),
                           pipeline.make_eval_batches(array_cfg))
 
 
@@ -335,7 +317,7 @@ def test_seqio_packing_equals_numpy_packing(tasks, tmp_path):
                         ("weights", "loss_weights"), ("segment_ids", "segment_ids"),
                         ("positions", "positions")]:
         np.testing.assert_array_equal(mine[key], rows[f"decoder_{theirs}"], err_msg=key)
-    _assert_batches_equal(_take(pipeline.make_train_iterator(seqio_cfg, 0), 3),
-                          _take(pipeline.make_train_iterator(array_cfg, 0), 3))
-    _assert_batches_equal(pipeline.make_eval_batches(seqio_cfg),
+    assert_batches_equal(take(pipeline.make_train_iterator(seqio_cfg, 0), 3),
+                          take(pipeline.make_train_iterator(array_cfg, 0), 3))
+    assert_batches_equal(pipeline.make_eval_batches(seqio_cfg),
                           pipeline.make_eval_batches(array_cfg))

@@ -9,20 +9,9 @@ from lm.data import corpus as corpus_lib
 from lm.data import mixture
 from lm.data import pipeline
 from lm.data.pipeline import DataConfig
+from tests.batches import assert_batches_equal, assert_host_slices_join, take
 
 EXPLICIT = "shakespeare:0.5,milton:0.3,britannica:0.2"
-
-
-def _take(iterator, count):
-    return [next(iterator) for _ in range(count)]
-
-
-def _assert_batches_equal(batches_a, batches_b):
-    assert len(batches_a) == len(batches_b)
-    for a, b in zip(batches_a, batches_b):
-        assert a.keys() == b.keys()
-        for key in a:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +28,7 @@ def tiny_mixture(tmp_path_factory):
 def test_empirical_rates_within_two_percent_over_10000_examples(spec):
     cfg = DataConfig(mixture=spec, seq_len=16, batch_size=100)
     iterator = pipeline.make_train_iterator(cfg, seed=0)
-    _take(iterator, 100)  # 10,000 rows
+    take(iterator, 100)  # 10,000 rows
     counts = np.array(list(iterator.get_state()["consumed"].values()))
     assert counts.sum() == 10_000
     np.testing.assert_allclose(counts / 10_000, mixture.mixture_rates(cfg), atol=0.02)
@@ -73,32 +62,32 @@ def test_each_epoch_is_a_new_permutation(tiny_mixture):
 def test_resumption_equals_the_uninterrupted_run_across_epochs(tiny_mixture):
     cfg = DataConfig(mixture=tiny_mixture, seq_len=8, batch_size=8)
     uninterrupted = pipeline.make_train_iterator(cfg, seed=3)
-    expected = _take(uninterrupted, 30)
+    expected = take(uninterrupted, 30)
     tiny_windows = len(pipeline.validation_windows(
         pipeline.split_tokens(mixture.source_config(cfg, tiny_mixture.split(":")[0]), "train"),
         cfg.seq_len))
     assert uninterrupted.consumed[0] > 2 * tiny_windows  # several epochs of the tiny source
     for stop in (1, 7, 13):
         first = pipeline.make_train_iterator(cfg, seed=3)
-        _take(first, stop)
+        take(first, stop)
         state = json.loads(json.dumps(first.get_state()))
         resumed = pipeline.make_train_iterator(cfg, seed=3)
         resumed.set_state(state)
-        _assert_batches_equal(_take(resumed, 30 - stop), expected[stop:])
+        assert_batches_equal(take(resumed, 30 - stop), expected[stop:])
     replayed = pipeline.make_train_iterator(cfg, seed=3)  # a state without the counts
     replayed.set_state({"batch_index": 7, "seed": 3})
-    _assert_batches_equal(_take(replayed, 3), expected[7:10])
+    assert_batches_equal(take(replayed, 3), expected[7:10])
     with pytest.raises(ValueError, match="seed"):
         pipeline.make_train_iterator(cfg, seed=4).set_state(state)
 
 
 def test_single_tiny_source_resumes_across_its_epoch_boundary(tiny_mixture):
     cfg = DataConfig(mixture=tiny_mixture.split(":")[0], seq_len=8, batch_size=4)
-    expected = _take(pipeline.make_train_iterator(cfg, seed=5), 40)
+    expected = take(pipeline.make_train_iterator(cfg, seed=5), 40)
     resumed = pipeline.make_train_iterator(cfg, seed=5)
     resumed.set_state({"batch_index": 11, "seed": 5,
                        "consumed": {tiny_mixture.split(":")[0]: 44}})
-    _assert_batches_equal(_take(resumed, 29), expected[11:])
+    assert_batches_equal(take(resumed, 29), expected[11:])
 
 
 def test_mixture_rows_are_windows_of_their_sources():
@@ -114,14 +103,7 @@ def test_mixture_rows_are_windows_of_their_sources():
 def test_host_slices_concatenate_to_the_global_batch(tiny_mixture, packing):
     cfg = DataConfig(mixture=tiny_mixture, seq_len=8, batch_size=8, eval_batches=2,
                      packing=packing)
-    whole = _take(pipeline.make_train_iterator(cfg, seed=7), 12)
-    hosts = [_take(pipeline.make_train_iterator(cfg, 7, p, 2), 12) for p in range(2)]
-    whole_eval = pipeline.make_eval_batches(cfg)
-    hosts_eval = [pipeline.make_eval_batches(cfg, p, 2) for p in range(2)]
-    for batches, halves in [(whole, hosts), (whole_eval, hosts_eval)]:
-        joined = [{k: np.concatenate([h[i][k] for h in halves]) for k in batches[0]}
-                  for i in range(len(batches))]
-        _assert_batches_equal(joined, batches)
+    assert_host_slices_join(cfg, train_batches=12)
 
 
 def test_per_source_validation_batches():
@@ -130,7 +112,7 @@ def test_per_source_validation_batches():
     assert list(per_source) == ["shakespeare", "milton", "britannica"]
     assert all(len(batches) == 3 for batches in per_source.values())
     flat = [b for batches in per_source.values() for b in batches]
-    _assert_batches_equal(pipeline.make_eval_batches(cfg), flat)
+    assert_batches_equal(pipeline.make_eval_batches(cfg), flat)
     vocab = pipeline.vocabulary(cfg)
     text = vocab.decode(per_source["milton"][0]["inputs"][0])
     assert text in corpus_lib.split_text("milton", "validation")

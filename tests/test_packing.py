@@ -25,27 +25,33 @@ def _alone(document):
     return packed_batch(targets, positions)
 
 
-@pytest.mark.parametrize("positions", ["learned", "rope", "alibi", "sinusoidal"])
-def test_packed_loss_equals_documents_run_one_by_one(positions):
+def _loss_of(positions: str, seed: int):
+    """(batch, packed) -> summed cross-entropy of a small model with random weights."""
     cfg = ModelConfig(vocab_size=40, num_layers=2, d_model=32, num_heads=4, max_len=LENGTH,
                       positions=positions, init_std=0.2)
-    graphdef, state = nnx.split(build(cfg, seed=3))
+    graphdef, state = nnx.split(build(cfg, seed=seed))
     params = state.to_pure_dict()
-    loss = jax.jit(lambda p, b, packed: loss_sums(graphdef, p, b, 0.0, packed)[1][0],
-                   static_argnums=2)
+    jitted = jax.jit(lambda b, packed: loss_sums(graphdef, params, b, 0.0, packed)[1][0],
+                     static_argnums=1)
+    return lambda batch, packed: float(jitted(batch, packed))
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope", "alibi", "sinusoidal"])
+def test_packed_loss_equals_documents_run_one_by_one(positions):
+    loss = _loss_of(positions, seed=3)
 
     documents = _documents()
     targets, positions_bt = pack_examples(documents, LENGTH)
     batch = packed_batch(targets, positions_bt)
     assert targets.shape[0] < len(documents)  # several documents share a row
-    packed_mean = float(loss(params, batch, True)) / batch["weights"].sum()
+    packed_mean = loss(batch, True) / batch["weights"].sum()
 
-    per_document = [float(loss(params, _alone(d), False)) for d in documents]
+    per_document = [loss(_alone(d), False) for d in documents]
     expected_mean = sum(per_document) / sum(len(d) for d in documents)
     np.testing.assert_allclose(packed_mean, expected_mean, rtol=1e-5)
 
     # Without the segment mask the documents would see each other: the check can fail.
-    leaky_mean = float(loss(params, batch, False)) / batch["weights"].sum()
+    leaky_mean = loss(batch, False) / batch["weights"].sum()
     assert abs(leaky_mean - expected_mean) > 1e-3
 
 
@@ -58,26 +64,21 @@ def _pairs(seed=1, count=7, vocab=40):
 @pytest.mark.parametrize("positions", ["learned", "rope"])
 def test_packed_prefix_lm_loss_equals_examples_run_one_by_one(positions):
     from lm.data.features import pack_prefix_lm
-    cfg = ModelConfig(vocab_size=40, num_layers=2, d_model=32, num_heads=4, max_len=LENGTH,
-                      positions=positions, init_std=0.2)
-    graphdef, state = nnx.split(build(cfg, seed=5))
-    params = state.to_pure_dict()
-    loss = jax.jit(lambda p, b, packed: loss_sums(graphdef, p, b, 0.0, packed)[1][0],
-                   static_argnums=2)
+    loss = _loss_of(positions, seed=5)
 
     pairs = _pairs()
     batch = pack_prefix_lm(pairs, LENGTH)
     assert batch["targets"].shape[0] < len(pairs)
     assert batch["weights"].sum() == sum(len(t) for _, t in pairs)  # targets only are scored
-    packed_mean = float(loss(params, batch, True)) / batch["weights"].sum()
+    packed_mean = loss(batch, True) / batch["weights"].sum()
 
-    alone = [float(loss(params, pack_prefix_lm([pair], LENGTH), False)) for pair in pairs]
+    alone = [loss(pack_prefix_lm([pair], LENGTH), False) for pair in pairs]
     expected_mean = sum(alone) / sum(len(t) for _, t in pairs)
     np.testing.assert_allclose(packed_mean, expected_mean, rtol=1e-5)
 
     causal = dict(batch)
     del causal["bidirectional"]  # the same rows read as a causal LM: the prefix mask matters
-    assert abs(float(loss(params, causal, True)) / batch["weights"].sum() - expected_mean) > 1e-3
+    assert abs(loss(causal, True) / batch["weights"].sum() - expected_mean) > 1e-3
 
 
 def test_prefix_lm_target_tokens_never_see_later_targets():

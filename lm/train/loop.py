@@ -27,7 +27,7 @@ from lm.train import hardware
 from lm.train.checkpoint import Checkpointer, CheckpointError
 from lm.train.metrics import MetricsWriter, flops_per_token
 from lm.train.plot import plot_losses
-from lm.train.experiment import Experiment, TrainConfig, check_layout  # noqa: F401 (re-export)
+from lm.train.experiment import Experiment, check_layout
 from lm.train.optimizer import make_optimizer, make_schedule
 from lm.train.state import (TrainState, abstract_model, abstract_train_state, create_state,
                             param_count, state_shardings)
@@ -41,7 +41,7 @@ class Trainer:
     """Owns the compiled steps and the state for one experiment in one workdir."""
 
     def __init__(self, config, workdir: str, devices=None):
-        self.config, self.workdir = config, workdir
+        self.workdir = workdir
         self.exp = exp = Experiment.from_config(config)
         self.mesh = make_mesh(exp.mesh, devices)
         self.layout = named_layout(exp.mesh.rules)
