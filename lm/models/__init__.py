@@ -3,10 +3,17 @@ from lm.models.config import ModelConfig
 from lm.models.transformer import Decoder
 
 
-def build(cfg: ModelConfig, seed: int = 0) -> Decoder:
-    """The model for ``cfg`` with parameters initialised from ``seed``."""
+def build(cfg: ModelConfig, seed: int = 0):
+    """The model for ``cfg`` (by ``cfg.arch``) with parameters initialised from ``seed``."""
     from flax import nnx
-    return Decoder(cfg, nnx.Rngs(params=seed))
+    rngs = nnx.Rngs(params=seed)
+    if cfg.arch == "lstm":
+        from lm.models.lstm import LSTMLM
+        return LSTMLM(cfg, rngs)
+    if cfg.arch == "encoder_decoder":
+        from lm.models.encdec import EncoderDecoder
+        return EncoderDecoder(cfg, rngs)
+    return Decoder(cfg, rngs)  # 'encoder' is the same stack attending in both directions
 
 
 __all__ = ["ModelConfig", "Decoder", "build"]

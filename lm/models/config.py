@@ -12,13 +12,19 @@ BLOCKS = ("serial", "parallel")
 REMATS = ("none", "minimal", "full")
 ATTENTIONS = ("auto", "dot_product", "exact")
 DTYPES = ("float32", "bfloat16", "float16")
+# decoder: causal (or prefix, when batches carry `bidirectional`) decoder-only Transformer;
+# encoder: bidirectional encoder-only Transformer (BERT-style, masked LM);
+# encoder_decoder: T5-style encoder + decoder with cross-attention; lstm: recurrent baseline.
+ARCHS = ("decoder", "encoder", "encoder_decoder", "lstm")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Decoder-only Transformer; 0 in a size field means 'derive it' (see the properties)."""
+    """Model hyperparameters; 0 in a size field means 'derive it' (see the properties)."""
+    arch: str = "decoder"          # decoder | encoder | encoder_decoder | lstm
     vocab_size: int = 0            # 0: taken from the data's vocabulary at build time
-    num_layers: int = 4
+    num_layers: int = 4            # decoder layers (LSTM: recurrent layers)
+    num_encoder_layers: int = 0    # encoder_decoder only; 0: = num_layers
     d_model: int = 128
     num_heads: int = 4
     num_kv_heads: int = 0          # 0: = num_heads (MHA); 1: multi-query; other: grouped-query
@@ -55,6 +61,10 @@ class ModelConfig:
         return from_section(cls, section, "config.model").validated()
 
     @property
+    def encoder_layers(self) -> int:
+        return self.num_encoder_layers or self.num_layers
+
+    @property
     def kv_heads(self) -> int:
         return self.num_kv_heads or self.num_heads
 
@@ -84,7 +94,7 @@ class ModelConfig:
         return self.num_layers // (self.pipeline_stages * self.pipeline_repeats)
 
     def validated(self) -> "ModelConfig":
-        choices = {"positions": POSITIONS, "norm": NORMS, "mlp": MLPS, "block": BLOCKS,
+        choices = {"arch": ARCHS, "positions": POSITIONS, "norm": NORMS, "mlp": MLPS, "block": BLOCKS,
                    "remat": REMATS, "attention": ATTENTIONS, "dtype": DTYPES,
                    "param_dtype": DTYPES}
         for field, allowed in choices.items():
