@@ -25,7 +25,12 @@ setup(
     extras_require={
         # seqio (and with it TensorFlow) is the default data path, optional at run time.
         "seqio": ["seqio>=0.0.19"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff"],
+        # 'tfds:' corpora (lm/data/sources.py). tensorflow-datasets 4.9 imports importlib_resources
+        # when preparing a dataset but declares it only for Python < 3.9 (tensorflow/datasets#11212).
+        "tfds": ["tensorflow-datasets>=4.9", "tensorflow", "importlib_resources"],
+        # 'hf:' corpora: Hugging Face datasets saved on disk or as data files.
+        "hf": ["datasets>=2.14"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff", "datasets>=2.14"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

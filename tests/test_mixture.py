@@ -144,3 +144,77 @@ def test_seqio_mixture_has_the_same_rates():
     example = next(registered.get_dataset({"targets": 17}, split="train", shuffle=False,
                                           seed=0).as_numpy_iterator())
     assert example["targets"].shape == (17,)
+
+
+# ----------------------------------------------------------------------------- domains
+
+def test_domains_parse_after_the_rate_and_default_per_source(tmp_path):
+    spec = mixture.parse_mixture("shakespeare:0.5@general,milton:0.3,britannica:0.2@specialized")
+    assert spec.sources == ("shakespeare", "milton", "britannica")
+    assert spec.rates == (0.5, 0.3, 0.2)
+    assert spec.domains == ("general", "general", "specialized")
+    unrated = mixture.parse_mixture("milton@specialized,shakespeare")
+    assert (unrated.rates, unrated.domains) == (None, ("specialized", "general"))
+    path = str(tmp_path / "user@host" / "a.txt")  # an '@' inside a path is not a domain
+    assert mixture.parse_mixture(f"{path}:1").domains == ("general",)
+    assert mixture.parse_mixture(f"{path}:1").sources == (path,)
+
+
+def test_default_domains_of_the_registry():
+    assert set(mixture.DEFAULT_DOMAINS) == set(corpus_lib.EMBEDDED)
+    assert mixture.parse_mixture("gutenberg").domains == ("general",) * 3
+    assert mixture.default_domain("any/file.jsonl") == "general"
+    assert mixture.MixtureSpec(("a", "b"), domains=("specialized", "general")).domains[0] \
+        == "specialized"
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("shakespeare:0.5@general,milton:0.3,britannica:0.2@specialized",
+     {"general": 0.8, "specialized": 0.2}),
+    ("shakespeare:2@specialized,milton:1@specialized,britannica:1",
+     {"general": 0.25, "specialized": 0.75}),
+    ("gutenberg", {"general": 1.0, "specialized": 0.0}),
+])
+def test_domain_rates_sum_the_source_rates(spec, expected):
+    cfg = DataConfig(mixture=spec, mixture_temperature=2.0)
+    shares = mixture.domain_rates(cfg)
+    assert list(shares) == list(mixture.DOMAINS)
+    assert shares == pytest.approx(expected)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    domains = mixture.source_domains(cfg)
+    for domain, share in shares.items():
+        in_domain = [r for r, d in zip(mixture.mixture_rates(cfg), domains.values()) if d == domain]
+        assert share == pytest.approx(sum(in_domain))
+
+
+def test_temperature_domain_rates_follow_the_source_rates():
+    cfg = DataConfig(mixture="shakespeare,milton@specialized,britannica@specialized",
+                     mixture_temperature=3.0)
+    rates = mixture.mixture_rates(cfg)
+    assert mixture.domain_rates(cfg) == pytest.approx({"general": rates[0],
+                                                       "specialized": rates[1] + rates[2]})
+
+
+@pytest.mark.parametrize("spec", ["shakespeare:0.5@code,milton:0.5", "milton@General"])
+def test_unknown_domain_names_the_field_and_the_allowed_values(spec):
+    with pytest.raises(ConfigError, match=r"config\.data\.mixture.*'general', 'specialized'"):
+        DataConfig(mixture=spec)
+    with pytest.raises(ConfigError, match="unknown domain"):
+        mixture.MixtureSpec(("shakespeare",), domains=("web",))
+
+
+def test_domain_eval_batches_group_the_source_batches():
+    cfg = DataConfig(mixture="shakespeare@general,milton@specialized,britannica@general",
+                     seq_len=16, batch_size=4, eval_batches=2)
+    per_source = mixture.source_eval_batches(cfg)
+    per_domain = mixture.domain_eval_batches(cfg)
+    assert list(per_domain) == ["general", "specialized"]
+    assert_batches_equal(per_domain["general"], per_source["shakespeare"] + per_source["britannica"])
+    assert_batches_equal(per_domain["specialized"], per_source["milton"])
+
+
+def test_describe_prints_rates_and_domain_shares():
+    report = mixture.describe(DataConfig(mixture="shakespeare:0.5,milton:0.3,britannica:0.2"
+                                                 "@specialized"))
+    assert "britannica" in report and "specialized" in report
+    assert report.splitlines()[-1] == "domains: general 0.8000, specialized 0.2000"

@@ -1,5 +1,7 @@
 """Text corpora: the embedded Project Gutenberg texts, or the user's own .txt / .jsonl files.
 
+Local TFDS and Hugging Face datasets are corpora too ('tfds:...', 'hf:...'; ``lm.data.sources``).
+
 A corpus is a sorted list of documents. The embedded ones live in ``lm/data/corpora/`` as
 xz-compressed JSON lines (one ``{"name", "text"}`` object per document, sorted by file name,
 text byte-exact), so the default experiments need no download. Regenerate them with::
@@ -21,6 +23,7 @@ import pathlib
 
 CORPORA_DIR = pathlib.Path(__file__).resolve().parent / "corpora"
 SPLITS = ("train", "validation")
+DATASET_PREFIXES = ("tfds:", "hf:")  # corpora read by lm.data.sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +52,8 @@ class CorpusError(ValueError):
 
 
 def load_documents(corpus: str) -> list[Document]:
-    """The documents of an embedded corpus name, a .txt file or a directory of .txt files."""
+    """The documents of an embedded corpus name, a .txt / .jsonl file or folder of them, or a
+    'tfds:' / 'hf:' dataset (``lm.data.sources``)."""
     return list(_load_documents_cached(corpus))
 
 
@@ -103,10 +107,14 @@ def _corpus_text_cached(corpus: str) -> str:
 def _load_documents_cached(corpus: str) -> tuple[Document, ...]:
     if corpus in EMBEDDED:
         documents = _read_embedded(corpus)
+    elif corpus.startswith(DATASET_PREFIXES):
+        from lm.data import sources  # imports this module
+
+        documents = tuple(sources.load_source(corpus))
     else:
         documents = tuple(d for p in _text_files(pathlib.Path(corpus)) for d in _read_file(p))
     if not documents or not any(d.text for d in documents):
-        raise CorpusError(f"corpus {corpus!r} has no text; give a non-empty .txt file or folder.")
+        raise CorpusError(f"corpus {corpus!r} has no text; give a non-empty file, folder or dataset.")
     return documents
 
 

@@ -4,7 +4,15 @@ A mixture (``config.data.mixture``) is a registered name (``MIXTURES``, e.g. 'gu
 comma-separated list of corpora with optional rates: 'shakespeare:0.7,milton:0.3' or
 'shakespeare,milton'. Without rates they come from the sizes (train-split characters) with
 temperature sampling: rate_i ∝ size_i^(1/T), T = ``config.data.mixture_temperature`` (T=1
-follows the sizes, larger T flattens towards uniform).
+follows the sizes, larger T flattens towards uniform). A corpus may be a 'tfds:' or 'hf:' dataset
+(``lm.data.sources``).
+
+Every source has a domain, 'general' (web pages, books, conversation) or 'specialized'
+(multilingual, scientific, code), written after an '@': 'shakespeare:0.7@general,
+code.jsonl:0.3@specialized' (or 'code.jsonl@specialized' without rates). Without one a source
+takes its default: ``DEFAULT_DOMAINS`` for the embedded corpora (all three are books and reference
+prose, so 'general'), 'general' for anything else. ``domain_rates`` gives each domain's share of
+the rows, ``domain_eval_batches`` the validation batches grouped by domain.
 
 Examples of a source: the disjoint windows of seq_len + 1 tokens of its train split (stride
 seq_len), or its packed rows with ``packing=True``. A source is read in epochs: epoch e visits
@@ -21,8 +29,10 @@ Without TensorFlow; ``lm.data.tasks.register_mixture`` registers the same rates 
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
+import re
 
 import numpy as np
 
@@ -34,10 +44,38 @@ _SOURCE_CHOICE_KEY = 0x3D1C_E5A7  # folded into the seed for the per-row source 
 _UNIFORM_BITS = 53  # a float64 holds 53-bit integers exactly
 
 
+DOMAINS = ("general", "specialized")
+# The embedded corpora are plays, poems and an encyclopaedia: books and reference prose.
+DEFAULT_DOMAINS = {"shakespeare": "general", "milton": "general", "britannica": "general"}
+_DOMAIN_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")  # '@<word>' ending an entry is a domain
+
+
+def default_domain(source: str) -> str:
+    """The domain of a source whose mixture entry gives none."""
+    return DEFAULT_DOMAINS.get(source, "general")
+
+
+def _check_domain(domain: str, where: str) -> str:
+    if domain not in DOMAINS:
+        raise ConfigError(f"config.data.mixture {where}: unknown domain {domain!r}; use one of "
+                          f"{', '.join(map(repr, DOMAINS))} after an '@'.")
+    return domain
+
+
 @dataclasses.dataclass(frozen=True)
 class MixtureSpec:
-    sources: tuple[str, ...]  # corpora: embedded names, .txt files or folders
+    sources: tuple[str, ...]  # corpora: embedded names, .txt files or folders, datasets
     rates: tuple[float, ...] | None = None  # None: from sizes with temperature
+    domains: tuple[str, ...] | None = None  # None: each source's default_domain
+
+    def __post_init__(self):
+        if self.domains is None:
+            object.__setattr__(self, "domains", tuple(map(default_domain, self.sources)))
+        if len(self.domains) != len(self.sources):
+            raise ConfigError(f"MixtureSpec{self.sources}: give one domain per source, not "
+                              f"{self.domains}.")
+        for domain in self.domains:
+            _check_domain(domain, f"source domains {self.domains}")
 
 
 MIXTURES = {
@@ -49,22 +87,37 @@ MIXTURES = {
 # ----------------------------------------------------------------------------- rates
 
 def parse_mixture(mixture: str) -> MixtureSpec:
-    """The spec of a registered name or of 'corpus[:rate],corpus[:rate],...'."""
+    """The spec of a registered name or of 'corpus[:rate][@domain],...'."""
     if mixture in MIXTURES:
         return MIXTURES[mixture]
     entries = [entry.strip() for entry in mixture.split(",") if entry.strip()]
-    sources, rates = zip(*(_parse_entry(entry) for entry in entries)) if entries else ((), ())
+    parsed = [_parse_entry(entry) for entry in entries]
+    sources, rates, domains = zip(*parsed) if parsed else ((), (), ())
     if not sources or len(set(sources)) != len(sources):
         raise ConfigError(f"config.data.mixture={mixture!r} must be a registered mixture "
-                          f"({', '.join(MIXTURES)}) or distinct 'corpus[:rate]' entries "
+                          f"({', '.join(MIXTURES)}) or distinct 'corpus[:rate][@domain]' entries "
                           f"separated by commas.")
     if any(r is None for r in rates) and any(r is not None for r in rates):
         raise ConfigError(f"config.data.mixture={mixture!r}: give a rate for every corpus or "
                           f"for none (then rates follow sizes and mixture_temperature).")
-    return MixtureSpec(tuple(sources), None if rates[0] is None else tuple(rates))
+    return MixtureSpec(tuple(sources), None if rates[0] is None else tuple(rates), tuple(domains))
 
 
-def _parse_entry(entry: str) -> tuple[str, float | None]:
+def _parse_entry(entry: str) -> tuple[str, float | None, str]:
+    body, domain = _split_domain(entry)
+    corpus, rate = _split_rate(body)
+    return corpus, rate, domain or default_domain(corpus)
+
+
+def _split_domain(entry: str) -> tuple[str, str | None]:
+    """('corpus[:rate]', domain) of an entry; an '@' followed by more than a word is a path's."""
+    body, at, word = entry.rpartition("@")
+    if not (at and body and _DOMAIN_WORD.fullmatch(word)):
+        return entry, None
+    return body, _check_domain(word, f"entry {entry!r}")
+
+
+def _split_rate(entry: str) -> tuple[str, float | None]:
     corpus, _, rate = entry.rpartition(":")
     if not corpus:
         return entry, None
@@ -97,6 +150,20 @@ def mixture_rates(cfg: pipeline.DataConfig) -> np.ndarray:
         rates = np.asarray(spec.rates, np.float64)
         return rates / rates.sum()
     return temperature_rates(source_sizes(spec, cfg.train_fraction), cfg.mixture_temperature)
+
+
+def source_domains(cfg: pipeline.DataConfig) -> dict[str, str]:
+    """The domain of each source of ``cfg.mixture``, by source name."""
+    spec = parse_mixture(cfg.mixture)
+    return dict(zip(spec.sources, spec.domains))
+
+
+def domain_rates(cfg: pipeline.DataConfig) -> dict[str, float]:
+    """Each domain's share of the training rows (every domain of ``DOMAINS``; sums to 1)."""
+    shares = dict.fromkeys(DOMAINS, 0.0)
+    for domain, rate in zip(source_domains(cfg).values(), mixture_rates(cfg)):
+        shares[domain] += float(rate)
+    return shares
 
 
 def source_config(cfg: pipeline.DataConfig, source: str) -> pipeline.DataConfig:
@@ -235,3 +302,46 @@ def source_eval_batches(cfg: pipeline.DataConfig, process_index: int = 0,
     return {name: pipeline.corpus_eval_batches(source_config(cfg, name), process_index,
                                                process_count)
             for name in parse_mixture(cfg.mixture).sources}
+
+
+def domain_eval_batches(cfg: pipeline.DataConfig, process_index: int = 0,
+                        process_count: int = 1) -> dict[str, list[pipeline.Batch]]:
+    """The validation batches of each domain that has sources: its sources' batches in turn.
+
+    Every source gives ``cfg.eval_batches`` batches, so a domain's token-weighted loss over them
+    is its sources' ``eval/<source>/loss`` weighted by their evaluated tokens: the plain mean
+    when rows are unpacked windows (each source then evaluates the same number of tokens).
+    """
+    domains = source_domains(cfg)
+    grouped: dict[str, list[pipeline.Batch]] = {}
+    for name, batches in source_eval_batches(cfg, process_index, process_count).items():
+        grouped.setdefault(domains[name], []).extend(batches)
+    return grouped
+
+
+# ----------------------------------------------------------------------------- report
+
+def describe(cfg: pipeline.DataConfig) -> str:
+    """One line per source (rate, domain) and one line of the domains' shares."""
+    domains, rates = source_domains(cfg), mixture_rates(cfg)
+    width = max(map(len, domains))
+    lines = [f"{name:<{width}}  rate {rate:.4f}  domain {domain}"
+             for (name, domain), rate in zip(domains.items(), rates)]
+    shares = domain_rates(cfg)
+    lines.append("domains: " + ", ".join(f"{d} {shares[d]:.4f}" for d in DOMAINS))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Print a mixture's rates and domains.")
+    parser.add_argument("--mixture", default="gutenberg",
+                        help="registered name or 'corpus[:rate][@domain],...'")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="rates ∝ size^(1/T) when the mixture gives none")
+    args = parser.parse_args(argv)
+    print(describe(pipeline.DataConfig(mixture=args.mixture,
+                                       mixture_temperature=args.temperature)))
+
+
+if __name__ == "__main__":
+    main()
