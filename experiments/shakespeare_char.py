@@ -31,9 +31,16 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.data.mixture_temperature = 1.0  # mixture rates ∝ size^(1/T) when none are given
     config.data.cache_dir = ""         # pre-tokenized cache (python -m lm.data.cache); '' = none
     config.data.prefetch = 2           # batches prepared ahead on a background thread (0: none)
+    # Objective (must fit config.model.arch): causal_lm | prefix_lm | span_corruption | mlm.
+    config.data.objective = "causal_lm"
+    config.data.eval_objective = ""    # '' = the training objective; e.g. prefix_lm for all archs
+    config.data.prefix_fraction = 0.5  # prefix_lm: share of each window that is the prefix
+    config.data.noise_density = 0.15   # span_corruption: share of tokens hidden behind sentinels
+    config.data.mean_noise_span_length = 3.0  # span_corruption: mean hidden span length
+    config.data.mlm_probability = 0.15  # mlm: share of positions masked and predicted
 
-    # Model: 4 layers, 4 heads, d_model 128, GELU MLP, LayerNorm, learned positions, tied
-    # embeddings, no biases, no dropout (see configs/models.py for every field).
+    # Model: causal decoder (model.arch), 4 layers, 4 heads, d_model 128, GELU MLP, LayerNorm,
+    # learned positions, tied embeddings, no biases, no dropout (configs/models.py: every field).
     config.model = models.tiny_char()
 
     # Optimizer: AdamW lr 1e-3, 100 warm-up steps then cosine to 1e-4, beta2 0.99, wd 0.1, clip 1.

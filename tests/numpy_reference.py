@@ -136,29 +136,34 @@ def alibi_slopes(num_heads: int):
     return np.array([2.0 ** (-8.0 * (h + 1) / num_heads) for h in range(num_heads)])
 
 
-def attention(p: _Params, x_btd, positions_bt, segment_ids_bt, cfg):
+def attention(p: _Params, x_btd, positions_bt, segment_ids_bt, cfg, allowed=None, memory=None):
+    """Self-attention (causal, or as ``allowed`` [B, T, T] says), or cross-attention to
+    ``memory`` [B, S, D] under ``allowed`` [B, T, S] with no position terms."""
     b, t, _ = x_btd.shape
     h, g = cfg.num_heads, cfg.num_kv_heads or cfg.num_heads
     head_dim = cfg.head_dim or cfg.d_model // cfg.num_heads
+    source = x_btd if memory is None else memory
     q = dense(p["query"], x_btd)                               # [B, T, H, K]
-    k = dense(p["key"], x_btd)                                 # [B, T, G, K]
-    v = dense(p["value"], x_btd)                               # [B, T, G, K]
-    assert q.shape == (b, t, h, head_dim) and k.shape == v.shape == (b, t, g, head_dim)
-    if cfg.positions == "rope":
+    k = dense(p["key"], source)                                # [B, S, G, K]
+    v = dense(p["value"], source)                              # [B, S, G, K]
+    assert q.shape == (b, t, h, head_dim) and k.shape == v.shape == (b, source.shape[1], g, head_dim)
+    if memory is not None:
+        assert allowed is not None
+    elif cfg.positions == "rope":
         q = rope(q, positions_bt, cfg.rope_theta)
         k = rope(k, positions_bt, cfg.rope_theta)
     group = h // g
     kv_head = np.arange(h) // group                            # query head h reads kv head h // (H/G)
     k_bthk, v_bthk = k[:, :, kv_head], v[:, :, kv_head]
     scores = np.einsum("bihk,bjhk->bhij", q, k_bthk) / math.sqrt(head_dim)
-    i = positions_bt[:, :, None]
-    j = positions_bt[:, None, :]
-    if cfg.positions == "alibi":
+    if cfg.positions == "alibi" and memory is None:
+        i, j = positions_bt[:, :, None], positions_bt[:, None, :]
         slopes = alibi_slopes(h)
-        scores = scores - slopes[None, :, None, None] * (i - j)[:, None].astype(np.float64)
-    allowed = np.tril(np.ones((t, t), bool))[None]             # by index in the sequence
-    if segment_ids_bt is not None:
-        allowed = allowed & (segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :])
+        scores = scores - slopes[None, :, None, None] * np.abs(i - j)[:, None].astype(np.float64)
+    if allowed is None:
+        allowed = np.tril(np.ones((t, t), bool))[None]         # by index in the sequence
+        if segment_ids_bt is not None:
+            allowed = allowed & (segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :])
     scores = np.where(allowed[:, None], scores, -np.inf)
     probs = softmax(scores, axis=-1)
     out = np.einsum("bhij,bjhk->bihk", probs, v_bthk)
@@ -173,20 +178,37 @@ def mlp(p: _Params, x, kind: str):
     return dense(p["wo"], hidden)
 
 
-def block(p: _Params, x, positions_bt, segment_ids_bt, cfg):
+def block(p: _Params, x, positions_bt, segment_ids_bt, cfg, allowed=None):
     if cfg.block == "parallel":
         h = norm(p["attn_norm"], x, cfg.norm, cfg.norm_eps)
-        return x + attention(p["attention"], h, positions_bt, segment_ids_bt, cfg) + mlp(p["mlp"], h, cfg.mlp)
+        return (x + attention(p["attention"], h, positions_bt, segment_ids_bt, cfg, allowed)
+                + mlp(p["mlp"], h, cfg.mlp))
     x = x + attention(p["attention"], norm(p["attn_norm"], x, cfg.norm, cfg.norm_eps),
-                      positions_bt, segment_ids_bt, cfg)
+                      positions_bt, segment_ids_bt, cfg, allowed)
     return x + mlp(p["mlp"], norm(p["mlp_norm"], x, cfg.norm, cfg.norm_eps), cfg.mlp)
+
+
+def decoder_block(p: _Params, x, positions_bt, segment_ids_bt, memory, cross_allowed, cfg):
+    """Causal self-attention, cross-attention to the encoder output, MLP."""
+    def n(name, y):
+        return norm(p[name], y, cfg.norm, cfg.norm_eps)
+    if cfg.block == "parallel":
+        h = n("self_norm", x)
+        return (x + attention(p["self_attention"], h, positions_bt, segment_ids_bt, cfg)
+                + attention(p["cross_attention"], h, None, None, cfg, cross_allowed, memory)
+                + mlp(p["mlp"], h, cfg.mlp))
+    x = x + attention(p["self_attention"], n("self_norm", x), positions_bt, segment_ids_bt, cfg)
+    x = x + attention(p["cross_attention"], n("cross_norm", x), None, None, cfg, cross_allowed, memory)
+    return x + mlp(p["mlp"], n("mlp_norm", x), cfg.mlp)
 
 
 # ----------------------------------------------------------------------------- decoder
 
 
-def forward(params: Mapping[str, Any], cfg, tokens_bt, positions_bt=None, segment_ids_bt=None):
-    """Logits [B, T, V] in float64 for ``tokens_bt`` [B, T]."""
+def forward(params: Mapping[str, Any], cfg, tokens_bt, positions_bt=None, segment_ids_bt=None,
+            allowed=None):
+    """Logits [B, T, V] in float64 for ``tokens_bt`` [B, T]; ``allowed`` [B, T, T] replaces the
+    causal mask (an encoder, a prefix decoder)."""
     tokens_bt = np.asarray(tokens_bt)
     b, t = tokens_bt.shape
     positions_bt = (np.broadcast_to(np.arange(t), (b, t)) if positions_bt is None
@@ -205,7 +227,7 @@ def forward(params: Mapping[str, Any], cfg, tokens_bt, positions_bt=None, segmen
     used_blocks = set()
     for i in range(cfg.num_layers):
         layer = _Params(_layer_params(params["blocks"], i, stacked))
-        x = block(layer, x, positions_bt, segment_ids_bt, cfg)
+        x = block(layer, x, positions_bt, segment_ids_bt, cfg, allowed)
         unread = layer.leaves() - layer._used
         if unread:
             raise AssertionError(f"block {i}: parameters the reference does not use: {sorted(unread)}")
@@ -220,6 +242,55 @@ def forward(params: Mapping[str, Any], cfg, tokens_bt, positions_bt=None, segmen
         logits = dense(top["head"], x)
 
     unread = {path for path in top.leaves() if path[0] != "blocks"} - top._used
+    if unread:
+        raise AssertionError(f"parameters the reference does not use: {sorted(unread)}")
+    return logits
+
+
+# ----------------------------------------------------------------------------- encoder-decoder
+
+
+def _embed(top: _Params, cfg, tokens, positions):
+    x = top["embed"]["embedding"][tokens]
+    if cfg.positions == "learned":
+        x = x + top["position_embedding"][positions]
+    elif cfg.positions == "sinusoidal":
+        x = x + sinusoidal_table(positions, cfg.d_model)
+    return x
+
+
+def _run_layers(blocks, count: int, fn, x):
+    stacked = not any(isinstance(key, int) for key in blocks)
+    for i in range(count):
+        layer = _Params(_layer_params(blocks, i, stacked))
+        x = fn(layer, x)
+        unread = layer.leaves() - layer._used
+        if unread:
+            raise AssertionError(f"block {i}: parameters the reference does not use: {sorted(unread)}")
+    return x
+
+
+def encoder_decoder_forward(params, cfg, enc_tokens, dec_tokens, enc_segments, dec_segments):
+    """Logits [B, T, V] of a T5-style encoder-decoder: the encoder attends within its segments,
+    the decoder causally within its segments and across to encoder positions of its segment."""
+    enc_tokens, dec_tokens = np.asarray(enc_tokens), np.asarray(dec_tokens)
+    enc_segments, dec_segments = np.asarray(enc_segments), np.asarray(dec_segments)
+    (b, s), t = enc_tokens.shape, dec_tokens.shape[1]
+    enc_pos = np.broadcast_to(np.arange(s), (b, s))
+    dec_pos = np.broadcast_to(np.arange(t), (b, t))
+    top = _Params(params)
+    enc_allowed = enc_segments[:, :, None] == enc_segments[:, None, :]
+    memory = _run_layers(params["encoder_blocks"], cfg.num_encoder_layers or cfg.num_layers,
+                         lambda p, x: block(p, x, enc_pos, None, cfg, enc_allowed),
+                         _embed(top, cfg, enc_tokens, enc_pos))
+    memory = norm(top["encoder_norm"], memory, cfg.norm, cfg.norm_eps)
+    cross_allowed = dec_segments[:, :, None] == enc_segments[:, None, :]
+    x = _run_layers(params["decoder_blocks"], cfg.num_layers,
+                    lambda p, x: decoder_block(p, x, dec_pos, dec_segments, memory, cross_allowed, cfg),
+                    _embed(top, cfg, dec_tokens, dec_pos))
+    x = norm(top["final_norm"], x, cfg.norm, cfg.norm_eps)
+    logits = x @ top["embed"]["embedding"].T if cfg.tie_embeddings else dense(top["head"], x)
+    unread = {p for p in top.leaves() if p[0] not in ("encoder_blocks", "decoder_blocks")} - top._used
     if unread:
         raise AssertionError(f"parameters the reference does not use: {sorted(unread)}")
     return logits

@@ -25,9 +25,9 @@ def _alone(document):
     return packed_batch(targets, positions)
 
 
-def _loss_of(positions: str, seed: int):
+def _loss_of(positions: str, seed: int, arch: str = "decoder"):
     """(batch, packed) -> summed cross-entropy of a small model with random weights."""
-    cfg = ModelConfig(vocab_size=40, num_layers=2, d_model=32, num_heads=4, max_len=LENGTH,
+    cfg = ModelConfig(arch=arch, vocab_size=40, num_layers=2, d_model=32, num_heads=4, max_len=LENGTH,
                       positions=positions, init_std=0.2)
     graphdef, state = nnx.split(build(cfg, seed=seed))
     params = state.to_pure_dict()
@@ -64,7 +64,7 @@ def _pairs(seed=1, count=7, vocab=40):
 @pytest.mark.parametrize("positions", ["learned", "rope"])
 def test_packed_prefix_lm_loss_equals_examples_run_one_by_one(positions):
     from lm.data.features import pack_prefix_lm
-    loss = _loss_of(positions, seed=5)
+    loss = _loss_of(positions, seed=5, arch="prefix_decoder")
 
     pairs = _pairs()
     batch = pack_prefix_lm(pairs, LENGTH)

@@ -59,6 +59,13 @@ class DataConfig:
     mixture_temperature: float = 1.0  # rates ∝ size^(1/T) when the mixture gives no rates
     cache_dir: str = ""  # pre-tokenized cache (python -m lm.data.cache); '' = tokenize in memory
     prefetch: int = 2  # batches produced ahead on a background thread while training (0: none)
+    # Objective (lm/data/objectives.py): causal_lm | prefix_lm | span_corruption | mlm.
+    objective: str = "causal_lm"
+    eval_objective: str = ""  # '' = objective; e.g. 'prefix_lm' scores every model on one task
+    prefix_fraction: float = 0.5  # prefix_lm: share of each window that is the prefix
+    noise_density: float = 0.15  # span_corruption: share of tokens hidden
+    mean_noise_span_length: float = 3.0  # span_corruption
+    mlm_probability: float = 0.15  # mlm: share of positions predicted
 
     @classmethod
     def from_config(cls, section: Any) -> "DataConfig":
@@ -107,9 +114,28 @@ def _validate(cfg: DataConfig) -> None:
         raise ConfigError("config.data.packing needs documents; use backend 'array' or 'seqio', "
                           "or set packing=False for synthetic data.")
     _validate_mixture(cfg)
+    _validate_objective(cfg)
     if cfg.cache_dir and (cfg.backend != "array" or cfg.mixture):
         raise ConfigError("config.data.cache_dir is read by backend 'array' without a mixture; "
                           "clear config.data.cache_dir or set backend='array'.")
+
+
+def _validate_objective(cfg: DataConfig) -> None:
+    from lm.data import objectives
+
+    objectives.validate(cfg.objective, "", "config.data.objective")
+    if cfg.eval_objective:
+        objectives.validate(cfg.eval_objective, "", "config.data.eval_objective")
+    for name in ("prefix_fraction", "noise_density", "mlm_probability"):
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ConfigError(f"config.data.{name}={value!r} must lie strictly between 0 and 1.")
+    if not isinstance(cfg.mean_noise_span_length, (int, float)) or cfg.mean_noise_span_length < 1:
+        raise ConfigError(f"config.data.mean_noise_span_length={cfg.mean_noise_span_length!r} "
+                          "must be >= 1.")
+    if cfg.packing and {cfg.objective, cfg.eval_objective} - {"causal_lm", ""}:
+        raise ConfigError(f"config.data.packing=True packs documents for causal_lm; objective "
+                          f"{cfg.objective!r} converts unpacked windows: set packing=False.")
 
 
 def _validate_mixture(cfg: DataConfig) -> None:
@@ -146,8 +172,12 @@ def vocab_corpora(cfg: DataConfig) -> tuple[str, ...]:
 
 
 def vocab_size(cfg: DataConfig) -> int:
-    """The true vocabulary size (the model may pad it)."""
-    return vocabulary(cfg).vocab_size
+    """The vocabulary size plus the objective's sentinel / MASK ids (the model may pad it)."""
+    from lm.data import objectives
+
+    extra = max(objectives.objective_config(cfg, 0, name).extra_ids
+                for name in (cfg.objective, cfg.eval_objective or cfg.objective))
+    return vocabulary(cfg).vocab_size + extra
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,4 +1,5 @@
-"""Causal self-attention: multi-head, multi-query or grouped-query; RoPE or ALiBi when configured."""
+"""Multi-head, multi-query or grouped-query attention: self-attention with RoPE or ALiBi when
+configured, and cross-attention (encoder-decoder; no position terms). Masks: lm/models/masks.py."""
 from __future__ import annotations
 
 from typing import Optional
@@ -11,29 +12,11 @@ from flax import nnx
 from lm.models import positions as pos
 from lm.models.config import ModelConfig
 from lm.models.layers import Dense, dropout
+from lm.models.masks import attention_mask
 from lm.parallel.axes import constrain
 
 _Q_AXES = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
 _KV_AXES = ("activation_batch", "activation_length", "activation_kv_heads", "activation_kv")
-
-
-def attention_mask(segment_ids_bt: Optional[jax.Array], length: int,
-                   bidirectional_bt: Optional[jax.Array] = None) -> Optional[jax.Array]:
-    """Boolean [B, 1, T, T] mask (query i may see key j), or None for plain causal attention.
-
-    Within one packed segment: j <= i (causal), or both i and j in the segment's prefix
-    (``bidirectional_bt`` = 1), which makes a prefix LM: bidirectional over the prefix, causal
-    over the target.
-    """
-    if segment_ids_bt is None and bidirectional_bt is None:
-        return None
-    visible_btt = jnp.tril(jnp.ones((length, length), dtype=bool))[None]
-    if bidirectional_bt is not None:
-        prefix_bt = bidirectional_bt.astype(bool)
-        visible_btt = visible_btt | (prefix_bt[:, :, None] & prefix_bt[:, None, :])
-    if segment_ids_bt is not None:
-        visible_btt = visible_btt & (segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :])
-    return visible_btt[:, None]
 
 
 def exact_attention(q_bthk, k_bsgk, v_bsgk, bias_bhts, mask_b1ts, scale):
@@ -72,7 +55,10 @@ class Attention(nnx.Module):
     def __call__(self, x_btd: jax.Array, positions_bt: jax.Array,
                  segment_ids_bt: Optional[jax.Array] = None,
                  rng: Optional[jax.Array] = None,
-                 bidirectional_bt: Optional[jax.Array] = None) -> jax.Array:
+                 bidirectional_bt: Optional[jax.Array] = None,
+                 mask: Optional[jax.Array] = None) -> jax.Array:
+        """Self-attention; ``mask`` [B, 1, T, T], when given, replaces the one built from
+        segments and prefix (an encoder passes its bidirectional mask)."""
         cfg = self.cfg
         q_bthk = constrain(self.query(x_btd), _Q_AXES)
         k_bsgk = constrain(self.key(x_btd), _KV_AXES)
@@ -82,7 +68,20 @@ class Attention(nnx.Module):
             k_bsgk = pos.apply_rope(k_bsgk, positions_bt, cfg.rope_theta)
         bias = (pos.alibi_bias(positions_bt, positions_bt, cfg.num_heads).astype(q_bthk.dtype)
                 if cfg.positions == "alibi" else None)
-        mask = attention_mask(segment_ids_bt, x_btd.shape[1], bidirectional_bt)
+        if mask is None:
+            mask = attention_mask(segment_ids_bt, x_btd.shape[1], bidirectional_bt)
+        return self._attend(q_bthk, k_bsgk, v_bsgk, bias, mask, rng)
+
+    def cross(self, x_btd: jax.Array, memory_bsd: jax.Array, mask: jax.Array,
+              rng: Optional[jax.Array] = None) -> jax.Array:
+        """Queries from ``x_btd``, keys and values from the encoder output ``memory_bsd``."""
+        q_bthk = constrain(self.query(x_btd), _Q_AXES)
+        k_bsgk = constrain(self.key(memory_bsd), _KV_AXES)
+        v_bsgk = constrain(self.value(memory_bsd), _KV_AXES)
+        return self._attend(q_bthk, k_bsgk, v_bsgk, None, mask, rng)
+
+    def _attend(self, q_bthk, k_bsgk, v_bsgk, bias, mask, rng):
+        cfg = self.cfg
         scale = cfg.dim_per_head ** -0.5
         if _use_exact(cfg.attention):
             out_bthk = exact_attention(q_bthk, k_bsgk, v_bsgk, bias, mask, scale)

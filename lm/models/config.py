@@ -12,16 +12,17 @@ BLOCKS = ("serial", "parallel")
 REMATS = ("none", "minimal", "full")
 ATTENTIONS = ("auto", "dot_product", "exact")
 DTYPES = ("float32", "bfloat16", "float16")
-# decoder: causal (or prefix, when batches carry `bidirectional`) decoder-only Transformer;
-# encoder: bidirectional encoder-only Transformer (BERT-style, masked LM);
+# decoder: causal decoder-only Transformer (GPT); prefix_decoder: the same network attending
+# bidirectionally over each example's prefix (the batch's `bidirectional` field) and causally
+# over its target; encoder: bidirectional encoder-only Transformer (BERT-style, masked LM);
 # encoder_decoder: T5-style encoder + decoder with cross-attention; lstm: recurrent baseline.
-ARCHS = ("decoder", "encoder", "encoder_decoder", "lstm")
+ARCHS = ("decoder", "prefix_decoder", "encoder", "encoder_decoder", "lstm")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Model hyperparameters; 0 in a size field means 'derive it' (see the properties)."""
-    arch: str = "decoder"          # decoder | encoder | encoder_decoder | lstm
+    arch: str = "decoder"          # decoder | prefix_decoder | encoder | encoder_decoder | lstm
     vocab_size: int = 0            # 0: taken from the data's vocabulary at build time
     num_layers: int = 4            # decoder layers (LSTM: recurrent layers)
     num_encoder_layers: int = 0    # encoder_decoder only; 0: = num_layers

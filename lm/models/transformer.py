@@ -59,13 +59,28 @@ class Block(nnx.Module):
         return constrain(x_btd, _X_AXES)
 
 
-def _make_stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
-    """num_layers blocks whose parameters share a leading axis named 'layers'."""
-    @nnx.split_rngs(splits=cfg.num_layers)
+def make_stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs, count: int = 0, block_cls=Block):
+    """``count`` (default num_layers) blocks whose parameters share a leading axis 'layers'."""
+    @nnx.split_rngs(splits=count or cfg.num_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
     def make(block_rngs):
-        return Block(cfg, block_rngs)
+        return block_cls(cfg, block_rngs)
     return make(rngs)
+
+
+def scan_blocks(apply_block, stacked_state, x, num_layers: int):
+    """x through a stack: ``apply_block(block_state, x, index)`` under lax.scan."""
+    def body(x, layer):
+        block_state, index = layer
+        return apply_block(block_state, x, index), None
+    return jax.lax.scan(body, x, (stacked_state, jnp.arange(num_layers)))[0]
+
+
+def remat(cfg: ModelConfig, fn):
+    """``fn`` rematerialised by the configured policy (or unchanged)."""
+    if cfg.remat == "none":
+        return fn
+    return jax.checkpoint(fn, policy=REMAT_POLICIES[cfg.remat])
 
 
 def _pipeline_lead(cfg: ModelConfig) -> tuple[tuple[int, ...], tuple[str, ...]]:
@@ -80,7 +95,7 @@ def _make_pipelined_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
     """The stacked blocks (same initial values) with layer l = (r*S + s)*Lp + j moved to
     [s, j] ('stage', 'layers', ...) or, circular, to [r, s, j] ('circular_repeats', 'stage',
     'layers', ...): a plain reshape of the leading axis."""
-    blocks = _make_stacked_blocks(cfg, rngs)
+    blocks = make_stacked_blocks(cfg, rngs)
     lead, names = _pipeline_lead(cfg)
     for _, node in nnx.iter_graph(blocks):
         if isinstance(node, nnx.Variable):
@@ -97,19 +112,35 @@ def _pipeline_to_layer_stack(stacked_state, cfg: ModelConfig):
     return jax.tree.map(lambda w: w.reshape(cfg.num_layers, *w.shape[lead:]), stacked_state)
 
 
+def position_table(cfg: ModelConfig, rngs: nnx.Rngs):
+    """The learned position embedding [max_len, d_model], or None for other encodings."""
+    if cfg.positions != "learned":
+        return None
+    return param(rngs, jax.nn.initializers.normal(cfg.init_std), (cfg.max_len, cfg.d_model),
+                 ("position", "embed"), cfg.param_dtype)
+
+
+def embed_tokens(cfg: ModelConfig, embed: Embed, table, tokens_bt, positions_bt, rng):
+    """Token embeddings plus absolute positions (learned or sinusoidal), then dropout."""
+    x_btd = embed(tokens_bt)
+    if cfg.positions == "learned":
+        x_btd = x_btd + jnp.take(table[...].astype(x_btd.dtype), positions_bt, axis=0)
+    elif cfg.positions == "sinusoidal":
+        x_btd = x_btd + pos.sinusoidal(positions_bt, cfg.d_model).astype(x_btd.dtype)
+    return constrain(dropout(x_btd, cfg.dropout, rng), _X_AXES)
+
+
 class Decoder(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         if cfg.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set before building the model")
         self.cfg = cfg
         self.embed = Embed(cfg.vocab_size, cfg, rngs)
-        self.position_embedding = (
-            param(rngs, jax.nn.initializers.normal(cfg.init_std), (cfg.max_len, cfg.d_model),
-                  ("position", "embed"), cfg.param_dtype) if cfg.positions == "learned" else None)
+        self.position_embedding = position_table(cfg, rngs)
         if cfg.pipelined:
             self.blocks = _make_pipelined_blocks(cfg, rngs)
         elif cfg.scan_layers:
-            self.blocks = _make_stacked_blocks(cfg, rngs)
+            self.blocks = make_stacked_blocks(cfg, rngs)
         else:
             self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
         self.final_norm = Norm(cfg, rngs)
@@ -121,7 +152,10 @@ class Decoder(nnx.Module):
                  dropout_rng: Optional[jax.Array] = None,
                  bidirectional_bt: Optional[jax.Array] = None) -> jax.Array:
         """Logits [B, T, V] in the compute dtype. ``dropout_rng=None`` means deterministic;
-        ``bidirectional_bt`` marks prefix tokens that see each other (prefix LM)."""
+        ``bidirectional_bt`` marks prefix tokens that see each other (prefix LM). An encoder
+        (arch 'encoder') attends in both directions within each segment."""
+        if self.cfg.arch == "encoder":
+            bidirectional_bt = jnp.ones_like(tokens_bt)
         if positions_bt is None:
             positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
         x_btd = self._embed(tokens_bt, positions_bt, _fold(dropout_rng, 0))
@@ -132,18 +166,7 @@ class Decoder(nnx.Module):
         return constrain(logits_btv, _LOGIT_AXES)
 
     def _embed(self, tokens_bt, positions_bt, rng):
-        x_btd = self.embed(tokens_bt)
-        if self.cfg.positions == "learned":
-            table = self.position_embedding[...].astype(x_btd.dtype)
-            x_btd = x_btd + jnp.take(table, positions_bt, axis=0)
-        elif self.cfg.positions == "sinusoidal":
-            x_btd = x_btd + pos.sinusoidal(positions_bt, self.cfg.d_model).astype(x_btd.dtype)
-        return constrain(dropout(x_btd, self.cfg.dropout, rng), _X_AXES)
-
-    def _remat(self, fn):
-        if self.cfg.remat == "none":
-            return fn
-        return jax.checkpoint(fn, policy=REMAT_POLICIES[self.cfg.remat])
+        return embed_tokens(self.cfg, self.embed, self.position_embedding, tokens_bt, positions_bt, rng)
 
     def _run_blocks(self, x_btd, positions_bt, segment_ids_bt, rng, bidirectional_bt=None):
         if self.cfg.pipelined and x_btd.shape[0] % self.cfg.microbatches == 0:
@@ -153,19 +176,14 @@ class Decoder(nnx.Module):
             block = nnx.merge(graphdef, block_state)
             return block(x, positions_bt, segment_ids_bt, _fold(rng, index), bidirectional_bt)
 
-        apply_block = self._remat(apply_block)
+        apply_block = remat(self.cfg, apply_block)
         if self.cfg.scan_layers or self.cfg.pipelined:
             graphdef, stacked_state = nnx.split(self.blocks)
             if self.cfg.pipelined:
                 # A batch that does not split into the microbatches (sampling one sequence, say)
                 # runs the pipeline's stack as the L layers it is, one after another.
                 stacked_state = _pipeline_to_layer_stack(stacked_state, self.cfg)
-
-            def body(x, layer):
-                block_state, index = layer
-                return apply_block(block_state, x, index), None
-            x_btd, _ = jax.lax.scan(body, x_btd, (stacked_state, jnp.arange(self.cfg.num_layers)))
-            return x_btd
+            return scan_blocks(apply_block, stacked_state, x_btd, self.cfg.num_layers)
         for index, block in enumerate(self.blocks):
             graphdef, block_state = nnx.split(block)
             x_btd = apply_block(block_state, x_btd, index)
@@ -183,7 +201,7 @@ class Decoder(nnx.Module):
 
         rows = {"positions": positions_bt, "segment_ids": segment_ids_bt,
                 "bidirectional": bidirectional_bt}
-        return pipeline_apply(self._remat(apply_layer), stacked_state, x_btd, rows,
+        return pipeline_apply(remat(self.cfg, apply_layer), stacked_state, x_btd, rows,
                               stages=self.cfg.pipeline_stages,
                               microbatches=self.cfg.microbatches,
                               repeats=self.cfg.pipeline_repeats)

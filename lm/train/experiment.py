@@ -55,15 +55,36 @@ class Experiment:
         mesh = MeshConfig.from_config(config.mesh)
         # Validated only after the derived fields (vocabulary size, stage count) are filled in.
         model = from_section(ModelConfig, config.model, "config.model")
+        needed = data_lib.vocab_size(data)
         if model.vocab_size == 0:
-            model = dataclasses.replace(model, vocab_size=data_lib.vocab_size(data))
+            model = dataclasses.replace(model, vocab_size=needed)
+        elif model.vocab_size < needed:
+            raise ConfigError(f"config.model.vocab_size={model.vocab_size} is smaller than the data's "
+                              f"{needed} ids (vocabulary plus the objective's sentinel / MASK ids); "
+                              f"set it to 0 to take it from the data")
         model = _with_pipeline_stages(model, mesh).validated()
+        _check_architecture(model, data)
         if model.positions == "learned" and model.max_len < data.seq_len:
             raise ConfigError(f"config.model.max_len={model.max_len} is shorter than "
                               f"config.data.seq_len={data.seq_len}")
         return cls(model=model, data=data,
                    optimizer=OptimizerConfig.from_config(config.optimizer),
                    train=TrainConfig.from_config(config.train), mesh=mesh, seed=int(config.seed))
+
+
+def _check_architecture(model: ModelConfig, data: data_lib.DataConfig) -> None:
+    """The objectives must fit the architecture; only decoder stacks are pipelined."""
+    from lm.data import objectives
+
+    objectives.validate(data.objective, model.arch)
+    if data.eval_objective:
+        objectives.validate(data.eval_objective, model.arch, "config.data.eval_objective")
+    if model.pipelined and model.arch not in ("decoder", "prefix_decoder", "encoder"):
+        raise ConfigError(f"config.model.arch={model.arch!r} has no pipelined form; pipeline "
+                          f"parallelism (config.mesh.pipeline > 1) runs decoder and encoder stacks")
+    if model.arch in ("encoder_decoder", "lstm") and data.packing:
+        raise ConfigError(f"config.model.arch={model.arch!r} trains on unpacked rows; set "
+                          f"config.data.packing=False")
 
 
 def _with_pipeline_stages(model: ModelConfig, mesh: MeshConfig) -> ModelConfig:

@@ -15,6 +15,7 @@ from typing import Optional
 import jax
 from tqdm.auto import tqdm
 
+from lm.data import objectives
 from lm.data import pipeline as data_lib
 from lm.data.loader import Prefetcher, to_global
 from lm.infer.sample import generate
@@ -89,8 +90,24 @@ class Trainer:
         data, index, count = self.exp.data, jax.process_index(), jax.process_count()
         if data.mixture:
             from lm.data.mixture import source_eval_batches
-            return source_eval_batches(data, index, count)
-        return {"": data_lib.make_eval_batches(data, index, count)}
+            sets = source_eval_batches(data, index, count)
+        else:
+            sets = {"": data_lib.make_eval_batches(data, index, count)}
+        return {name: objectives.eval_batches(batches, data, self.exp.model.arch)
+                for name, batches in sets.items()}
+
+    def train_iterator(self):
+        """This host's training batches for the experiment's objective and architecture."""
+        exp = self.exp
+        windows = data_lib.make_train_iterator(exp.data, exp.seed, jax.process_index(),
+                                               jax.process_count())
+        return objectives.train_iterator(windows, exp.data, exp.model.arch, exp.seed)
+
+    @property
+    def can_sample(self) -> bool:
+        """Left-to-right generation from a prompt (encoder-decoder decoding comes with the
+        KV-cache decoder; an encoder does not generate)."""
+        return self.exp.model.arch in ("decoder", "prefix_decoder", "lstm")
 
     def evaluate(self, params, sets: dict[str, list]) -> dict:
         """eval/loss over every set (token-weighted), and eval/<source>/loss for each of several."""
@@ -136,8 +153,7 @@ def pretrain(config, workdir: str, devices=None) -> dict:
     check_workdir(workdir, exp)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), exp.train.keep_checkpoints,
                                 exp.train.async_checkpoint)
-    train_iter = data_lib.make_train_iterator(exp.data, exp.seed, jax.process_index(),
-                                              jax.process_count())
+    train_iter = trainer.train_iterator()
     if exp.data.prefetch:
         train_iter = Prefetcher(train_iter, exp.data.prefetch)
     try:
@@ -215,7 +231,7 @@ def _eval_and_sample(trainer: Trainer, state, eval_sets, writer, step: int, bar)
     writer.write(step, scores)
     bar.write(f"step {step}: eval/loss {scores['eval/loss']:.4f}  "
               f"perplexity {scores['eval/perplexity']:.2f}")
-    if trainer.exp.train.sample_tokens:
+    if trainer.exp.train.sample_tokens and trainer.can_sample:
         text = trainer.sample(state.params, seed=step)
         if jax.process_index() != 0:
             return scores

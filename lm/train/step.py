@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from lm.models.forward import apply_batch
 from lm.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -25,12 +26,9 @@ class StepConfig:
 
 def logits_fn(graphdef: nnx.GraphDef, params, batch: Batch, packed: bool = False,
               dropout_rng: Optional[jax.Array] = None) -> jax.Array:
-    """Logits [B, T, V]. Unpacked batches (one window per row) need no segment mask; a batch with
-    a ``bidirectional`` field (prefix LM) gets its prefix attention from it."""
-    model = nnx.merge(graphdef, params)
-    segment_ids = batch["segment_ids"] if packed else None
-    return model(batch["inputs"], batch["positions"], segment_ids, dropout_rng,
-                 batch.get("bidirectional"))
+    """Logits [B, T, V]. Unpacked batches (one window per row) need no segment mask; which batch
+    fields an architecture reads is lm.models.forward's business."""
+    return apply_batch(nnx.merge(graphdef, params), batch, packed, dropout_rng)
 
 
 def token_losses(logits_btv: jax.Array, targets_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
