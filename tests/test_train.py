@@ -229,3 +229,16 @@ def test_mixture_reports_validation_loss_per_source(tmp_path):
     # Every source has the same number of scored tokens, so the total is their mean.
     np.testing.assert_allclose(row["eval/loss"], np.mean(per_source), rtol=1e-6)
     assert len(set(per_source)) == 3
+
+
+def test_mixture_reports_validation_loss_per_domain(tmp_path):
+    config = small_config(steps=2)
+    config.data.update(dict(backend="array", eval_batches=1,
+                            mixture="shakespeare@general,milton@general,britannica@specialized"))
+    config.model.vocab_size = 0
+    loop.pretrain(config, str(tmp_path), jax.devices()[:1])
+    row = [r for r in read_metrics(str(tmp_path)) if "eval/loss" in r][-1]
+    # Equal scored tokens per source: a domain's loss is the mean of its sources'.
+    np.testing.assert_allclose(row["eval/domain/general/loss"],
+                               np.mean([row["eval/shakespeare/loss"], row["eval/milton/loss"]]), rtol=1e-6)
+    assert row["eval/domain/specialized/loss"] == row["eval/britannica/loss"]

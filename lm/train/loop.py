@@ -116,7 +116,17 @@ class Trainer:
         if len(sets) > 1:
             for name, (loss_sum, weight_sum) in sums.items():
                 scores.update(_scores(f"eval/{name}", loss_sum, weight_sum))
+            scores.update(self._domain_scores(sums))
         return scores
+
+    def _domain_scores(self, sums: dict) -> dict:
+        """eval/domain/<general|specialized>/loss of a mixture, from its sources' sums."""
+        from lm.data.mixture import source_domains
+        by_domain: dict[str, list] = {}
+        for source, domain in source_domains(self.exp.data).items():
+            by_domain.setdefault(domain, []).append(sums[source])
+        return {key: value for domain, parts in by_domain.items()
+                for key, value in _scores(f"eval/domain/{domain}", *map(sum, zip(*parts))).items()}
 
     def _loss_sums(self, params, batches) -> tuple[float, float]:
         loss_sum = weight_sum = 0.0
