@@ -271,3 +271,11 @@ def test_shakespeare_bits_fall_with_order(tmp_path):
     samples = (tmp_path / "samples.txt").read_text()
     assert samples.count("=== ngram order") == 3
     assert result["sample"].startswith("\n") and len(result["sample"]) > 30
+
+
+def test_train_token_budget_keeps_the_leading_tokens():
+    from lm.baselines.run import first_tokens
+    pieces = [np.arange(5), np.arange(10, 14)]
+    assert [p.tolist() for p in first_tokens(pieces, 7)] == [[0, 1, 2, 3, 4], [10, 11]]
+    assert [p.tolist() for p in first_tokens(pieces, 3)] == [[0, 1, 2]]
+    assert first_tokens(pieces, 0) is pieces

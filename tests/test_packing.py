@@ -101,3 +101,20 @@ def test_prefix_lm_target_tokens_never_see_later_targets():
     changed_inputs[-1] = 30  # an input token: every position sees the whole prefix
     c = run(pack_prefix_lm([(changed_inputs, targets)], LENGTH))
     assert np.abs(c[0, 0] - a[0, 0]).max() > 1e-4
+
+
+def test_packed_encoder_decoder_loss_equals_examples_run_one_by_one():
+    from lm.data.features import pack_encoder_decoder
+    cfg = ModelConfig(arch="encoder_decoder", vocab_size=40, num_layers=2, d_model=32, num_heads=4,
+                      max_len=LENGTH, positions="rope", init_std=0.2)
+    graphdef, state = nnx.split(build(cfg, seed=7))
+    params = state.to_pure_dict()
+    loss = jax.jit(lambda b: loss_sums(graphdef, params, b, 0.0)[1][0])
+
+    pairs = _pairs()
+    batch = pack_encoder_decoder(pairs, LENGTH, LENGTH)
+    assert batch["targets"].shape[0] < len(pairs)
+    assert batch["weights"].sum() == sum(len(t) for _, t in pairs)
+    np.testing.assert_array_equal(batch["inputs"][batch["positions"] == 0], 0)  # each target starts behind 0
+    alone = [float(loss(pack_encoder_decoder([pair], LENGTH, LENGTH))) for pair in pairs]
+    np.testing.assert_allclose(float(loss(batch)), sum(alone), rtol=1e-5)

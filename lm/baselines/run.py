@@ -33,6 +33,7 @@ class NGramConfig:
     sample_tokens: int = 200  # tokens sampled after config.train.sample_prompt (0: none)
     sample_temperature: float = 0.8  # 0 = greedy
     sample_top_k: int = 0  # 0 = the whole distribution
+    train_tokens: int = 0  # count only the first N train tokens (0 = all), e.g. a neural model's budget
 
 
 def ngram_section(**overrides) -> ml_collections.ConfigDict:
@@ -65,6 +66,9 @@ def _check_ngram(cfg: NGramConfig) -> None:
     if not _is_number(cfg.sample_temperature) or cfg.sample_temperature < 0:
         raise ConfigError(f"config.ngram.sample_temperature={cfg.sample_temperature!r} must be a "
                           f"number >= 0 (0: greedy).")
+    if not _is_int(cfg.train_tokens) or cfg.train_tokens < 0:
+        raise ConfigError(f"config.ngram.train_tokens={cfg.train_tokens!r} must be an integer "
+                          f">= 0 (0: the whole train split).")
     if not _is_int(cfg.sample_top_k) or cfg.sample_top_k < 0:
         raise ConfigError(f"config.ngram.sample_top_k={cfg.sample_top_k!r} must be an integer "
                           f">= 0 (0: no cut).")
@@ -103,6 +107,19 @@ def train_pieces(data: pipeline.DataConfig) -> list[np.ndarray]:
 
     return [pipeline.split_tokens(mixture_lib.source_config(data, source), "train")
             for source in mixture_lib.parse_mixture(data.mixture).sources]
+
+
+def first_tokens(pieces: list[np.ndarray], budget: int) -> list[np.ndarray]:
+    """The leading ``budget`` tokens of the pieces in order (all of them for budget 0)."""
+    if not budget:
+        return pieces
+    kept = []
+    for piece in pieces:
+        if budget <= 0:
+            break
+        kept.append(piece[:budget])
+        budget -= len(kept[-1])
+    return kept
 
 
 def eval_sets(data: pipeline.DataConfig) -> dict[str, list[pipeline.Batch]]:
@@ -177,7 +194,7 @@ def run_ngram(config, workdir: str) -> dict:
     validate_ngram(config)
     ngram = ngram_config(config)
     data = pipeline.DataConfig.from_config(config.data)
-    pieces = train_pieces(data)
+    pieces = first_tokens(train_pieces(data), ngram.train_tokens)
     start = time.perf_counter()
     model = NGramLM.fit(pieces, ngram.order, pipeline.vocab_size(data), ngram.discount or None)
     fit_seconds = time.perf_counter() - start

@@ -1,4 +1,5 @@
-"""Feature conversion for objectives beyond plain causal LM.
+"""Packed feature conversion for (inputs, targets) pairs: prefix LM and encoder-decoder.
+(Unpacked conversion of corpus windows for every objective: lm/data/objectives.py.)
 
 A prefix-LM example is a pair (inputs, targets): the model reads ``inputs ++ targets`` shifted
 right, attends bidirectionally over the prefix and causally over the target, and is scored on the
@@ -37,3 +38,44 @@ def pack_prefix_lm(pairs: list[tuple[np.ndarray, np.ndarray]], length: int) -> B
     batch["bidirectional"] = (_pack_parallel(prefix, length) == 2).astype(np.int32)
     batch["weights"] = batch["weights"] * (_pack_parallel(scored, length) == 2)
     return batch
+
+
+def _row_fields(sequences: list[np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """tokens, segment ids (1, 2, ... per sequence; 0 on padding) and positions of one row."""
+    tokens = np.zeros(length, np.int32)
+    segments = np.zeros(length, np.int32)
+    positions = np.zeros(length, np.int32)
+    start = 0
+    for segment, sequence in enumerate(sequences, start=1):
+        end = start + len(sequence)
+        tokens[start:end], segments[start:end], positions[start:end] = sequence, segment, np.arange(len(sequence))
+        start = end
+    return {"tokens": tokens, "segment_ids": segments, "positions": positions}
+
+
+def pack_encoder_decoder(pairs: list[tuple[np.ndarray, np.ndarray]], encoder_length: int,
+                         decoder_length: int) -> Batch:
+    """Packed encoder-decoder rows (seqio ``EncDecFeatureConverter(pack=True)`` fields): example
+    k of a row is segment k on both sides, so decoder tokens cross-attend only to their own
+    inputs; decoder inputs are the targets shifted right behind 0 within each segment."""
+    rows: list[list[tuple[np.ndarray, np.ndarray]]] = [[]]
+    used = [0, 0]
+    for inputs, targets in pairs:
+        if len(inputs) > encoder_length or len(targets) > decoder_length or not len(targets):
+            raise ValueError(f"an encoder-decoder example of {len(inputs)} -> {len(targets)} tokens "
+                             f"does not fit rows of {encoder_length} -> {decoder_length}")
+        if used[0] + len(inputs) > encoder_length or used[1] + len(targets) > decoder_length:
+            rows.append([])
+            used = [0, 0]
+        rows[-1].append((inputs, targets))
+        used = [used[0] + len(inputs), used[1] + len(targets)]
+    encoder = [_row_fields([i for i, _ in row], encoder_length) for row in rows]
+    targets = [_row_fields([t for _, t in row], decoder_length) for row in rows]
+    shifted = [_row_fields([np.concatenate([[0], t[:-1]]) for _, t in row], decoder_length)
+               for row in rows]
+    stack = lambda fields, key: np.stack([f[key] for f in fields])  # noqa: E731
+    return {"encoder_inputs": stack(encoder, "tokens"), "encoder_segment_ids": stack(encoder, "segment_ids"),
+            "encoder_positions": stack(encoder, "positions"), "inputs": stack(shifted, "tokens"),
+            "targets": stack(targets, "tokens"), "segment_ids": stack(targets, "segment_ids"),
+            "positions": stack(targets, "positions"),
+            "weights": (stack(targets, "segment_ids") > 0).astype(np.float32)}
