@@ -1,0 +1,76 @@
+"""Causal decoder vs prefix decoder vs encoder-decoder (the T5 paper's Table 2, at small scale).
+
+    python -m launch.sweep --config=experiments/ablations/architectures.py --workdir=runs/sweeps/architectures
+    python -m launch.sweep --config=experiments/ablations/architectures.py:full --workdir=...  # accelerator
+
+The task is built from the corpus: each 65-character validation window is cut in half, and a
+model reads the first 32 characters (the prefix) and is scored on the next 33 (the target),
+in bits per target character (``data.eval_objective = 'prefix_lm'``). Each architecture trains
+with the objectives that fit it, on the same windows for the same number of steps:
+
+  causal decoder       causal LM (every next character)   attention causal everywhere
+  prefix decoder       prefix LM (loss on the target)      bidirectional over the prefix
+  encoder-decoder      prefix LM (prefix in, target out)   encoder 2 + decoder 2 layers
+  prefix decoder       span corruption (T5 denoising), then scored on the prefix task
+  encoder-decoder      span corruption
+
+The decoder-only models have 4 layers; the encoder-decoder splits them 2 + 2, so it costs the
+same compute per example and has the cross-attention's extra parameters (see num_params).
+'own/' columns score each model on its own training objective.
+
+Variants: '' (1500 steps each, ~7 minutes on 2 cores), 'full' (a 12-layer, d_model 512 model).
+"""
+from __future__ import annotations
+
+from experiments import shakespeare_char
+from lm.configlib import ConfigError
+from lm.sweep import Eval, Plot, Sweep, Variant
+
+
+def _recipe(variant: str):
+    config = shakespeare_char.get_config()
+    config.data.eval_objective = "prefix_lm"
+    config.train.update(sample_tokens=0, keep_checkpoints=1)
+    if variant == "":
+        config.train.update(steps=1500, eval_every=1500, checkpoint_every=1500)
+    else:
+        config.model.update(num_layers=12, num_heads=8, d_model=512, max_len=256)
+        config.data.update(seq_len=256, batch_size=64, eval_batches=100)
+        config.train.update(steps=10000, eval_every=2000, checkpoint_every=2000)
+    return config
+
+
+def _variants(layers: int) -> list[Variant]:
+    half = {"model.num_layers": layers // 2, "model.num_encoder_layers": layers // 2}
+    return [
+        Variant("causal_decoder/causal_lm", {"model.arch": "decoder", "data.objective": "causal_lm"}),
+        Variant("prefix_decoder/prefix_lm", {"model.arch": "prefix_decoder", "data.objective": "prefix_lm"}),
+        Variant("encoder_decoder/prefix_lm", {"model.arch": "encoder_decoder", "data.objective": "prefix_lm",
+                                              **half}),
+        Variant("prefix_decoder/span_corruption", {"model.arch": "prefix_decoder",
+                                                   "data.objective": "span_corruption"}),
+        Variant("encoder_decoder/span_corruption", {"model.arch": "encoder_decoder",
+                                                    "data.objective": "span_corruption", **half}),
+    ]
+
+
+def get_sweep(variant: str = "") -> Sweep:
+    if variant not in ("", "full"):
+        raise ConfigError(f"unknown variant {variant!r} of the architectures sweep; use '' or 'full'")
+    base = _recipe(variant)
+    return Sweep(
+        name="architectures" if not variant else f"architectures:{variant}",
+        description=(f"Architectures and objectives at equal compute: {base.model.num_layers} layers "
+                     f"(encoder-decoder {base.model.num_layers // 2} + {base.model.num_layers // 2}), "
+                     f"d_model {base.model.d_model}, {base.train.steps} steps of {base.data.batch_size} "
+                     f"windows of {base.data.seq_len + 1} characters. eval/bits_per_token: bits per "
+                     f"target character on the prefix-to-target task (second half of each validation "
+                     f"window given the first); own/: the model's training objective."),
+        base=base,
+        variants=_variants(base.model.num_layers),
+        evals=[Eval("own", {"data.eval_objective": ""})],
+        columns=["eval/bits_per_token", "own/eval/bits_per_token", "num_params", "train/tokens_per_sec",
+                 "wall_seconds"],
+        plots=[Plot(x="name", y="eval/bits_per_token", kind="bar", name="prefix_task_bits",
+                    title="Bits per target character on the prefix-to-target task")],
+    )
