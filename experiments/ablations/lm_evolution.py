@@ -5,7 +5,7 @@ characters, scored with the same metric and sampled with the same sampler.
     python -m launch.sweep --config=experiments/ablations/lm_evolution.py:full --workdir=...  # accelerator
 
   n-gram, n = 2..5   interpolated Kneser-Ney counts (lm/baselines), fitted on the first T tokens
-  LSTM               2 layers of 256 units (lm/models/lstm.py)
+  LSTM               2 layers of 256 units, init std 0.1 (lm/models/lstm.py)
   Transformer        the demo's 4-layer decoder (lm/models/transformer.py)
 
 All see T training tokens: the neural models as steps x batch x context windows, the n-grams as
@@ -45,7 +45,10 @@ def _recipe(variant: str):
 def _variants(variant: str) -> list[Variant]:
     lstm_width = 256 if variant == "" else 1024
     return [Variant(f"{n}-gram", {"ngram.order": n}, runner="ngram") for n in ORDERS] + [
-        Variant("lstm", {"model.arch": "lstm", "model.d_model": lstm_width, "model.num_layers": 2}),
+        # An LSTM initialised at the Transformer's std 0.02 sits on the unigram plateau for
+        # hundreds of steps; 0.1 leaves it at once (lm/models/lstm.py).
+        Variant("lstm", {"model.arch": "lstm", "model.d_model": lstm_width, "model.num_layers": 2,
+                         "model.init_std": 0.1}),
         Variant("transformer", {}),
     ]
 

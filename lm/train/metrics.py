@@ -15,9 +15,15 @@ def flops_per_token(cfg: ModelConfig, num_params: int, position_params: int, seq
 
     N counts every parameter that takes part in a matmul: all but the learned position table
     (a lookup); a tied embedding counts once, for the output projection.
+    An LSTM has no attention term; an encoder-decoder's cross-attention is counted like its
+    self-attention (queries over one length of keys), in both stacks.
     """
     n = num_params - position_params
-    attention = 12 * cfg.num_layers * cfg.num_heads * cfg.dim_per_head * seq_len
+    if cfg.arch == "lstm":
+        return 6.0 * n
+    layers = cfg.num_layers + (cfg.encoder_layers if cfg.arch == "encoder_decoder" else 0)
+    layers += cfg.num_layers if cfg.arch == "encoder_decoder" else 0  # cross-attention
+    attention = 12 * layers * cfg.num_heads * cfg.dim_per_head * seq_len
     return 6.0 * n + attention
 
 
