@@ -258,3 +258,54 @@ def test_architecture_sharded_equals_one_device(arch, mesh):
     assert _max_relative_error(grads, ref_grads) <= 1e-5
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
     assert _max_relative_error(params, ref_params) <= 1e-4
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("arch,objective", [("encoder", "causal_lm"), ("lstm", "span_corruption"),
+                                            ("encoder_decoder", "mlm"), ("prefix_decoder", "causal_lm")])
+def test_objective_that_does_not_fit_the_architecture_fails_before_training(arch, objective, tmp_path):
+    from lm.configlib import ConfigError
+    from lm.train.loop import pretrain
+    config = small_config(arch=arch, vocab_size=0)
+    config.data.objective = objective
+    with pytest.raises(ConfigError, match=f"config.data.objective='{objective}' does not fit "
+                                          f"config.model.arch='{arch}'"):
+        pretrain(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_model_vocabulary_too_small_for_sentinels_is_refused():
+    from lm.configlib import ConfigError
+    config = small_config(arch="encoder_decoder")  # vocab_size 64 = the data's, no room for sentinels
+    config.data.objective = "span_corruption"
+    # Windows of 17: round(0.15 * 17) = 3 noise tokens in round(3 / 3) = 1 span: one sentinel.
+    with pytest.raises(ConfigError, match="config.model.vocab_size=64 is smaller than the data's 65 ids"):
+        Trainer(config, "", jax.devices()[:1])
+
+
+def test_span_corruption_pair_by_hand():
+    from lm.data.objectives import ObjectiveConfig, span_corruption_pair
+    cfg = ObjectiveConfig(objective="span_corruption", seq_len=19, noise_density=0.25,
+                          mean_noise_span_length=2.5, base_vocab_size=100)
+    assert (cfg.window, cfg.noise_tokens, cfg.noise_spans, cfg.extra_ids) == (20, 5, 2, 2)
+    window = np.arange(3, 23, dtype=np.int32)
+    inputs, targets = span_corruption_pair(window, cfg, np.random.default_rng(0))
+    assert len(inputs) == 20 - 5 + 2 and len(targets) == 5 + 2
+    assert targets[0] == 100 and list(inputs).count(100) == 1 and list(inputs).count(101) == 1
+    # Undo the corruption: each sentinel in the input takes back the tokens listed after it.
+    spans = np.split(targets, np.flatnonzero(targets >= 100)[1:])
+    restored = np.concatenate([spans[t - 100][1:] if t >= 100 else [t] for t in inputs])
+    np.testing.assert_array_equal(restored, window)
+
+
+def test_mlm_masks_the_configured_share_and_scores_only_it():
+    from lm.data.objectives import ObjectiveConfig, mlm_row
+    cfg = ObjectiveConfig(objective="mlm", seq_len=200, mlm_probability=0.15, base_vocab_size=90)
+    tokens = np.random.default_rng(1).integers(3, 90, 200).astype(np.int32)
+    corrupted, weights = mlm_row(tokens, cfg, np.random.default_rng(2))
+    assert weights.sum() == 30
+    np.testing.assert_array_equal(corrupted[weights == 0], tokens[weights == 0])
+    masked = (corrupted == 90).sum()
+    assert 18 <= masked <= 30 and masked == (corrupted[weights == 1] == 90).sum()
