@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/demo
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench ablations clean
 
 install: $(STAMP)
 
@@ -27,6 +27,13 @@ test-all: install
 
 bench: install
 	$(PY) -m launch.bench --config=experiments/shakespeare_char.py
+
+# Every ablation sweep's CPU variant, one after another (finished variants are skipped).
+ABLATIONS := lm_evolution architectures positions blocks scaling
+ablations: install
+	for name in $(ABLATIONS); do \
+		$(PY) -m launch.sweep --config=experiments/ablations/$$name.py --workdir=runs/sweeps/$$name || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) runs

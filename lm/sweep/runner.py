@@ -172,10 +172,12 @@ def result_row(record: dict) -> dict:
     return row
 
 
-def _with_config_values(row: dict, config, keys) -> dict:
-    """Fills the override columns a variant leaves at the base value with that value."""
+def _with_config_values(row: dict, config, keys, runner_keys: set) -> dict:
+    """Fills the override columns a variant leaves at the base value with that value, where
+    its runner reads them (some variant of the same runner overrides the key): an n-gram row
+    shows no model width, a Transformer row no n-gram order."""
     for key in keys:
-        if key not in row:
+        if key not in row and (row.get("runner"), key) in runner_keys:
             row[key] = current_value(config, key)
     return row
 
@@ -238,7 +240,9 @@ def run_sweep(sweep: Sweep, workdir: str, base_overrides: Optional[Mapping[str, 
             echo(f"{progress} {item.name}: {_summary(record, sweep.columns)}")
         records.append(record)
     keys = report.override_keys(sweep)
-    rows = [_with_config_values({**result_row(record), "directory": item.directory}, item.config, keys)
+    runner_keys = {(v.runner, key) for v in sweep.variants for key in v.overrides}
+    rows = [_with_config_values({**result_row(record), "directory": item.directory}, item.config, keys,
+                                runner_keys)
             for record, item in zip(records, planned)]
     table = report.write_report(sweep, workdir, rows, command)
     echo(table)
