@@ -309,3 +309,15 @@ def test_mlm_masks_the_configured_share_and_scores_only_it():
     np.testing.assert_array_equal(corrupted[weights == 0], tokens[weights == 0])
     masked = (corrupted == 90).sum()
     assert 18 <= masked <= 30 and masked == (corrupted[weights == 1] == 90).sum()
+
+
+def test_learned_positions_must_cover_the_objectives_sequence():
+    from lm.configlib import ConfigError
+    config = small_config(arch="prefix_decoder", vocab_size=0)  # max_len 16 = seq_len
+    config.data.objective = "span_corruption"
+    # Input: 17 - 3 hidden + 1 sentinel = 15; target: 1 sentinel + 3 hidden = 4; read as 15 + 4 - 1.
+    with pytest.raises(ConfigError, match="max_len=16 is shorter than the 18 positions objective "
+                                          "'span_corruption' reads"):
+        Trainer(config, "", jax.devices()[:1])
+    config.model.max_len = 18
+    Trainer(config, "", jax.devices()[:1])

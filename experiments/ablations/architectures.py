@@ -32,9 +32,11 @@ def _recipe(variant: str):
     config.data.eval_objective = "prefix_lm"
     config.train.update(sample_tokens=0, keep_checkpoints=1)
     if variant == "":
+        # Decoder-only span corruption reads input ++ target: 65 - 10 + 3 + 10 + 3 - 1 = 70 positions.
+        config.model.max_len = 128
         config.train.update(steps=1500, eval_every=1500, checkpoint_every=1500)
     else:
-        config.model.update(num_layers=12, num_heads=8, d_model=512, max_len=256)
+        config.model.update(num_layers=12, num_heads=8, d_model=512, max_len=512)
         config.data.update(seq_len=256, batch_size=64, eval_batches=100)
         config.train.update(steps=10000, eval_every=2000, checkpoint_every=2000)
     return config

@@ -44,7 +44,7 @@ def _variants(variant: str, tokens_per_step: int) -> list[Variant]:
     reference = approximate_params(*sizes[3][:2])
     budget = 6 * reference * tokens_per_step * ISO_STEPS[variant]
     iso = []
-    for size in sizes[1:]:
+    for size in sizes:
         steps = int(round(budget / (6 * approximate_params(*size[:2]) * tokens_per_step)))
         iso.append(Variant(f"compute/d={size[1]}", {**_size_overrides(*size), "train.steps": steps}))
     return fixed + iso

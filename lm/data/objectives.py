@@ -77,6 +77,16 @@ class ObjectiveConfig:
         return {"span_corruption": self.noise_spans, "mlm": 1}.get(self.objective, 0)
 
 
+def feature_length(cfg: ObjectiveConfig, arch: str) -> int:
+    """The longest sequence a model reads for this objective: decoder-only models read
+    ``input ++ target`` (minus one), an encoder-decoder the longer of the two."""
+    w, p, noise, spans = cfg.window, cfg.prefix_length, cfg.noise_tokens, cfg.noise_spans
+    if cfg.objective in ("causal_lm", "mlm"):
+        return cfg.seq_len
+    pair = (p, w - p) if cfg.objective == "prefix_lm" else (w - noise + spans, noise + spans)
+    return max(pair) if arch == "encoder_decoder" else sum(pair) - 1
+
+
 def objective_config(cfg, base_vocab_size: int, objective: str = "") -> ObjectiveConfig:
     """The objective settings of a DataConfig (``objective`` defaults to the training one)."""
     return ObjectiveConfig(objective=objective or cfg.objective, prefix_fraction=cfg.prefix_fraction,

@@ -64,9 +64,6 @@ class Experiment:
                               f"set it to 0 to take it from the data")
         model = _with_pipeline_stages(model, mesh).validated()
         _check_architecture(model, data)
-        if model.positions == "learned" and model.max_len < data.seq_len:
-            raise ConfigError(f"config.model.max_len={model.max_len} is shorter than "
-                              f"config.data.seq_len={data.seq_len}")
         return cls(model=model, data=data,
                    optimizer=OptimizerConfig.from_config(config.optimizer),
                    train=TrainConfig.from_config(config.train), mesh=mesh, seed=int(config.seed))
@@ -82,6 +79,13 @@ def _check_architecture(model: ModelConfig, data: data_lib.DataConfig) -> None:
     if model.pipelined and model.arch not in ("decoder", "prefix_decoder", "encoder"):
         raise ConfigError(f"config.model.arch={model.arch!r} has no pipelined form; pipeline "
                           f"parallelism (config.mesh.pipeline > 1) runs decoder and encoder stacks")
+    if model.positions == "learned":
+        for name in {data.objective, data.eval_objective or data.objective}:
+            length = objectives.feature_length(objectives.objective_config(data, 0, name), model.arch)
+            if length > model.max_len:
+                raise ConfigError(f"config.model.max_len={model.max_len} is shorter than the {length} "
+                                  f"positions objective {name!r} reads with config.data.seq_len="
+                                  f"{data.seq_len}; raise max_len to at least {length}")
     if model.arch in ("encoder_decoder", "lstm") and data.packing:
         raise ConfigError(f"config.model.arch={model.arch!r} trains on unpacked rows; set "
                           f"config.data.packing=False")
