@@ -12,7 +12,8 @@ from configs import meshes, models, optimizers
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.mode = "pretrain"       # pretrain | eval (validation loss/perplexity of a checkpoint)
+    # pretrain | eval (validation loss/perplexity of a checkpoint) | sample (continue a prompt)
+    config.mode = "pretrain"
     config.seed = 1337             # parameters, data order and dropout all derive from it
 
     # Data: the 42 modern-spelling plays concatenated in sorted file-name order, split 90/10.
@@ -61,6 +62,21 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.train.sample_temperature = 0.8
     config.train.sample_top_k = 0        # 0: sample from the whole distribution
     config.train.progress = True         # progress bar with ETA
+
+    # Sampling (config.mode='sample', cached decoding of the latest checkpoint; --interactive
+    # continues each stdin line instead of the prompt).
+    config.sample = ml_collections.ConfigDict()
+    config.sample.prompt = "ROMEO:"         # text to continue
+    config.sample.max_new_tokens = 32       # new characters; prompt + new must fit the context (64)
+    config.sample.temperature = 0.8         # 0: greedy
+    config.sample.top_k = 0                 # sample from the k most likely characters; 0: all
+    config.sample.top_p = 1.0               # nucleus: the smallest set with this mass; 1: all
+    config.sample.repetition_penalty = 1.0  # CTRL penalty on characters already present; 1: none
+    config.sample.beam_size = 1             # > 1: beam search (deterministic)
+    config.sample.length_penalty = 0.0      # beam search: GNMT alpha, ((5 + len) / 6) ** alpha
+    config.sample.stop = ""                 # stop strings separated by '|', e.g. '\n\n'; '' = none
+    config.sample.stop_at_eos = True        # the vocabulary's EOS id ends the continuation
+    config.sample.seed = 0                  # same seed, same continuation
 
     # Mesh: one device here; the same program shards over (data, fsdp, tensor) on a pod.
     config.mesh = meshes.data_parallel()

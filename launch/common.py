@@ -7,8 +7,8 @@ import sys
 
 from lm.configlib import ConfigError, unknown_key_message
 
-MODES = ("pretrain", "eval", "compile")
-TOP_LEVEL_KEYS = ("mode", "seed", "data", "model", "optimizer", "train", "mesh", "ngram")
+MODES = ("pretrain", "eval", "compile", "sample")
+TOP_LEVEL_KEYS = ("mode", "seed", "data", "model", "optimizer", "train", "mesh", "ngram", "sample")
 
 
 def validate_top_level(config) -> None:

@@ -1,5 +1,6 @@
 """Entry point: ``python -m launch.main --config=experiments/<file>.py[:<variant>] --workdir=<dir>
-[--config.<key>=<value> ...]``. Dispatches on ``config.mode``."""
+[--config.<key>=<value> ...]``. Dispatches on ``config.mode`` (``sample``: continue
+``config.sample.prompt``, or every stdin line with ``--interactive``, by the latest checkpoint)."""
 from __future__ import annotations
 
 import json
@@ -19,6 +20,8 @@ flags.DEFINE_string("coordinator_address", None,
                     "default: $LM_COORDINATOR_ADDRESS, else a single-process run.")
 flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run ($LM_NUM_PROCESSES).")
 flags.DEFINE_integer("process_id", None, "This process's index ($LM_PROCESS_ID).")
+flags.DEFINE_bool("interactive", False, "config.mode=sample: continue each line read from stdin "
+                  "until EOF instead of config.sample.prompt.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -37,6 +40,9 @@ def main(argv) -> None:
     elif mode == "eval":
         from lm.train.loop import evaluate_checkpoint
         result = evaluate_checkpoint(config, FLAGS.workdir)
+    elif mode == "sample":
+        from lm.infer.session import sample_workdir
+        result = sample_workdir(config, FLAGS.workdir, FLAGS.interactive)
     elif mode == "compile":
         from launch.compile import run as compile_only
         result = compile_only(config)

@@ -220,8 +220,8 @@ def forward(params: Mapping[str, Any], cfg, tokens_bt, positions_bt=None, segmen
     x = embedding[tokens_bt]
     if cfg.positions == "learned":
         x = x + top["position_embedding"][positions_bt]
-    elif cfg.positions == "sinusoidal":
-        x = x + sinusoidal_table(positions_bt, cfg.d_model)
+    elif cfg.positions == "sinusoidal":                        # Vaswani et al.: embeddings * sqrt(d)
+        x = x * math.sqrt(cfg.d_model) + sinusoidal_table(positions_bt, cfg.d_model)
 
     stacked = not any(isinstance(key, int) for key in params["blocks"])
     used_blocks = set()
@@ -255,7 +255,7 @@ def _embed(top: _Params, cfg, tokens, positions):
     if cfg.positions == "learned":
         x = x + top["position_embedding"][positions]
     elif cfg.positions == "sinusoidal":
-        x = x + sinusoidal_table(positions, cfg.d_model)
+        x = x * math.sqrt(cfg.d_model) + sinusoidal_table(positions, cfg.d_model)
     return x
 
 

@@ -1,8 +1,13 @@
 """Multi-head, multi-query or grouped-query attention: self-attention with RoPE or ALiBi when
-configured, and cross-attention (encoder-decoder; no position terms). Masks: lm/models/masks.py."""
+configured, and cross-attention (encoder-decoder; no position terms). Masks: lm/models/masks.py.
+
+Decoding keeps a key/value cache per layer, ``{"key", "value"}`` arrays [B, G, S, K] over S cache
+slots (heads before slots, so that a step reads each head's keys contiguously), stacked over the
+layers [L, B, G, S, K]; ``cached`` writes the new keys at ``CacheStep.index`` in place and attends
+over every slot the step's mask allows (lm/infer/decode.py builds the masks)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -17,14 +22,34 @@ from lm.parallel.axes import constrain
 
 _Q_AXES = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
 _KV_AXES = ("activation_batch", "activation_length", "activation_kv_heads", "activation_kv")
+# A layer's cache: batch and kv heads sharded like the activations, the slots kept whole.
+KV_CACHE_AXES = ("activation_batch", "activation_kv_heads", None, "activation_kv")
 
 
-def exact_attention(q_bthk, k_bsgk, v_bsgk, bias_bhts, mask_b1ts, scale):
-    """Reference softmax attention in float32 (the fallback and the test oracle)."""
+class CacheStep(NamedTuple):
+    """Where a cached call writes and what it sees: T new tokens go to slots index..index+T-1;
+    query t sees slot s where ``mask_b1ts`` is true; ``key_positions_bs`` are the positions of
+    the slots' tokens (for ALiBi)."""
+    index: jax.Array
+    mask_b1ts: jax.Array
+    key_positions_bs: jax.Array
+
+
+def empty_kv_cache(batch: int, length: int, cfg: ModelConfig, layers: int) -> dict:
+    """Zero keys and values [layers, B, G, S, K] in the compute dtype."""
+    shape = (layers, batch, cfg.kv_heads, length, cfg.dim_per_head)
+    zeros = jnp.zeros(shape, jnp.dtype(cfg.dtype))
+    return {"key": constrain(zeros, ("layers", *KV_CACHE_AXES)),
+            "value": constrain(zeros, ("layers", *KV_CACHE_AXES))}
+
+
+def exact_attention(q_bthk, k_bsgk, v_bsgk, bias_bhts, mask_b1ts, scale, kv_layout: str = "bsgk"):
+    """Reference softmax attention in float32 (the fallback and the test oracle). Keys and values
+    are [B, S, G, K], or [B, G, S, K] with ``kv_layout='bgsk'`` (the decoding cache)."""
     b, t, h, k = q_bthk.shape
-    g = k_bsgk.shape[2]
+    g = k_bsgk.shape[kv_layout.index("g")]
     q_btgrk = q_bthk.reshape(b, t, g, h // g, k).astype(jnp.float32)
-    logits = jnp.einsum("btgrk,bsgk->bgrts", q_btgrk, k_bsgk.astype(jnp.float32)) * scale
+    logits = jnp.einsum(f"btgrk,{kv_layout}->bgrts", q_btgrk, k_bsgk.astype(jnp.float32)) * scale
     logits = logits.reshape(b, h, t, -1)
     if bias_bhts is not None:
         logits = logits + bias_bhts
@@ -32,7 +57,7 @@ def exact_attention(q_bthk, k_bsgk, v_bsgk, bias_bhts, mask_b1ts, scale):
     keep = causal_ts[None, None] if mask_b1ts is None else mask_b1ts
     logits = jnp.where(keep, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).reshape(b, g, h // g, t, -1)
-    out = jnp.einsum("bgrts,bsgk->btgrk", probs, v_bsgk.astype(jnp.float32))
+    out = jnp.einsum(f"bgrts,{kv_layout}->btgrk", probs, v_bsgk.astype(jnp.float32))
     return out.reshape(b, t, h, k).astype(q_bthk.dtype)
 
 
@@ -72,13 +97,49 @@ class Attention(nnx.Module):
             mask = attention_mask(segment_ids_bt, x_btd.shape[1], bidirectional_bt)
         return self._attend(q_bthk, k_bsgk, v_bsgk, bias, mask, rng)
 
+    def cached(self, x_btd: jax.Array, positions_bt: jax.Array, kv: dict, step: CacheStep,
+               layer) -> tuple[jax.Array, dict]:
+        """Self-attention of T new tokens over layer ``layer`` of the stack's cache
+        ``{"key", "value"}`` [L, B, G, S, K], which gets their keys and values at slot
+        ``step.index`` (written in place). Returns the output and the updated cache."""
+        cfg = self.cfg
+        q_bthk = constrain(self.query(x_btd), _Q_AXES)
+        k_btgk = constrain(self.key(x_btd), _KV_AXES)
+        v_btgk = constrain(self.value(x_btd), _KV_AXES)
+        if cfg.positions == "rope":
+            q_bthk = pos.apply_rope(q_bthk, positions_bt, cfg.rope_theta)
+            k_btgk = pos.apply_rope(k_btgk, positions_bt, cfg.rope_theta)
+        start = tuple(jnp.asarray(i, jnp.int32) for i in (layer, 0, 0, step.index, 0))
+        kv = {name: constrain(jax.lax.dynamic_update_slice(
+                  kv[name], jnp.swapaxes(new, 1, 2)[None].astype(kv[name].dtype), start),
+                  ("layers", *KV_CACHE_AXES))
+              for name, new in (("key", k_btgk), ("value", v_btgk))}
+        k_bgsk, v_bgsk = (jax.lax.dynamic_index_in_dim(kv[name], layer, 0, keepdims=False)
+                          for name in ("key", "value"))
+        bias = (pos.alibi_bias(positions_bt, step.key_positions_bs, cfg.num_heads).astype(q_bthk.dtype)
+                if cfg.positions == "alibi" else None)
+        if not _use_exact(cfg.attention):
+            return self._attend(q_bthk, jnp.swapaxes(k_bgsk, 1, 2), jnp.swapaxes(v_bgsk, 1, 2),
+                                bias, step.mask_b1ts, None), kv
+        out_bthk = exact_attention(q_bthk, k_bgsk, v_bgsk, bias, step.mask_b1ts,
+                                   cfg.dim_per_head ** -0.5, kv_layout="bgsk")
+        return self.out(constrain(out_bthk, _Q_AXES)), kv
+
+    def memory_kv(self, memory_bsd: jax.Array) -> dict:
+        """Cross-attention keys and values of the encoder output, computed once per decode."""
+        return {"key": constrain(self.key(memory_bsd), _KV_AXES),
+                "value": constrain(self.value(memory_bsd), _KV_AXES)}
+
     def cross(self, x_btd: jax.Array, memory_bsd: jax.Array, mask: jax.Array,
               rng: Optional[jax.Array] = None) -> jax.Array:
         """Queries from ``x_btd``, keys and values from the encoder output ``memory_bsd``."""
+        return self.cross_cached(x_btd, self.memory_kv(memory_bsd), mask, rng)
+
+    def cross_cached(self, x_btd: jax.Array, memory_kv: dict, mask: jax.Array,
+                     rng: Optional[jax.Array] = None) -> jax.Array:
+        """Cross-attention over keys and values from ``memory_kv``."""
         q_bthk = constrain(self.query(x_btd), _Q_AXES)
-        k_bsgk = constrain(self.key(memory_bsd), _KV_AXES)
-        v_bsgk = constrain(self.value(memory_bsd), _KV_AXES)
-        return self._attend(q_bthk, k_bsgk, v_bsgk, None, mask, rng)
+        return self._attend(q_bthk, memory_kv["key"], memory_kv["value"], None, mask, rng)
 
     def _attend(self, q_bthk, k_bsgk, v_bsgk, bias, mask, rng):
         cfg = self.cfg

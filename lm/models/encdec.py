@@ -9,6 +9,10 @@ and, with ``tie_embeddings``, by the output projection, as in T5. Positions foll
 in both self-attentions; cross-attention has no position term. Packed examples are kept apart by
 segment ids: encoder positions see their own segment, decoder positions the encoder positions
 of the same segment (lm/models/masks.py).
+
+Decoding (lm/infer/decode.py) encodes once (``init_cache``: the decoder's empty self-attention
+cache and every layer's cross-attention keys and values of the memory), then calls ``decode_cached``
+for the decoder prompt and for each new token.
 """
 from __future__ import annotations
 
@@ -19,11 +23,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lm.models import masks
-from lm.models.attention import Attention
+from lm.models.attention import Attention, CacheStep, empty_kv_cache
 from lm.models.config import ModelConfig
 from lm.models.layers import MLP, Dense, Embed, Norm
 from lm.models.transformer import (_LOGIT_AXES, _X_AXES, Block, _fold, embed_tokens,
-                                   make_stacked_blocks, position_table, remat, scan_blocks)
+                                   make_stacked_blocks, position_table, remat, run_list_cached,
+                                   scan_blocks, scan_blocks_cached)
 from lm.parallel.axes import constrain
 
 
@@ -41,17 +46,37 @@ class DecoderBlock(nnx.Module):
         self.mlp = MLP(cfg, rngs)
 
     def __call__(self, x_btd, positions_bt, segment_ids_bt, memory_bsd, cross_mask, rng=None):
+        def attend(h_btd):
+            return self.self_attention(h_btd, positions_bt, segment_ids_bt, _fold(rng, 0)), None
+
+        def cross(h_btd):
+            return self.cross_attention.cross(h_btd, memory_bsd, cross_mask, _fold(rng, 2))
+        return self._residual(x_btd, attend, cross, rng)[0]
+
+    def decode(self, x_btd, positions_bt, cache: dict, step: CacheStep, cross_mask, layer):
+        """The block (layer ``layer``) on new tokens: self-attention over the stack's cache,
+        cross-attention over the layer's memory keys and values. Returns (x, updated cache)."""
+        def attend(h_btd):
+            return self.self_attention.cached(h_btd, positions_bt, cache["self"], step, layer)
+
+        def cross(h_btd):
+            memory_kv = jax.tree.map(lambda c: jax.lax.dynamic_index_in_dim(c, layer, 0, keepdims=False),
+                                     cache["cross"])
+            return self.cross_attention.cross_cached(h_btd, memory_kv, cross_mask)
+        x_btd, self_kv = self._residual(x_btd, attend, cross, None)
+        return x_btd, {"self": self_kv, "cross": cache["cross"]}
+
+    def _residual(self, x_btd, attend, cross, rng):
+        """Norms, residual adds and MLP around ``attend(h) -> (output, aux)`` and ``cross(h)``."""
         h_btd = self.self_norm(x_btd)
-        self_btd = self.self_attention(h_btd, positions_bt, segment_ids_bt, _fold(rng, 0))
+        self_btd, aux = attend(h_btd)
         if self.parallel:
-            cross_btd = self.cross_attention.cross(h_btd, memory_bsd, cross_mask, _fold(rng, 2))
-            x_btd = x_btd + self_btd + cross_btd + self.mlp(h_btd, _fold(rng, 1))
+            x_btd = x_btd + self_btd + cross(h_btd) + self.mlp(h_btd, _fold(rng, 1))
         else:
             x_btd = x_btd + self_btd
-            x_btd = x_btd + self.cross_attention.cross(self.cross_norm(x_btd), memory_bsd, cross_mask,
-                                                       _fold(rng, 2))
+            x_btd = x_btd + cross(self.cross_norm(x_btd))
             x_btd = x_btd + self.mlp(self.mlp_norm(x_btd), _fold(rng, 1))
-        return constrain(x_btd, _X_AXES)
+        return constrain(x_btd, _X_AXES), aux
 
 
 def _stack(cfg: ModelConfig, rngs: nnx.Rngs, count: int, block_cls):
@@ -72,6 +97,14 @@ def _run(cfg: ModelConfig, blocks, x, call, count: int):
         graphdef, block_state = nnx.split(block)
         x = apply_block(block_state, x, index)
     return x
+
+
+def _map_layers(cfg: ModelConfig, blocks, fn):
+    """``fn(block)`` for every block of a list or scanned stack, stacked on a leading axis."""
+    if cfg.scan_layers:
+        graphdef, stacked_state = nnx.split(blocks)
+        return jax.lax.map(lambda state: fn(nnx.merge(graphdef, state)), stacked_state)
+    return jax.tree.map(lambda *layers: jnp.stack(layers), *[fn(block) for block in blocks])
 
 
 def _default(values, tokens):
@@ -122,6 +155,35 @@ class EncoderDecoder(nnx.Module):
                      lambda block, x, i: block(x, positions_bt, segment_ids_bt, memory_bsd, cross,
                                                _fold(layers_rng, i)),
                      self.cfg.num_layers)
+        return self._logits(x_btd)
+
+    def init_cache(self, memory_bsd: jax.Array, length: int) -> dict:
+        """The decoder's empty self-attention cache of ``length`` slots and each layer's
+        cross-attention keys and values of ``memory_bsd``, all stacked [L, B, ...]."""
+        batch = memory_bsd.shape[0]
+        cross = _map_layers(self.cfg, self.decoder_blocks,
+                            lambda block: block.cross_attention.memory_kv(memory_bsd))
+        return {"self": empty_kv_cache(batch, length, self.cfg, self.cfg.num_layers), "cross": cross}
+
+    def decode_cached(self, tokens_bt: jax.Array, positions_bt: jax.Array, cache: dict,
+                      step: CacheStep, cross_mask_b1ts: jax.Array) -> tuple[jax.Array, dict]:
+        """Logits [B, T, V] of T new decoder tokens over the cache, and the updated cache."""
+        x_btd = embed_tokens(self.cfg, self.embed, self.position_embedding, tokens_bt, positions_bt,
+                             None)
+
+        def call(block, x, cache, index):
+            return block.decode(x, positions_bt, cache, step, cross_mask_b1ts, index)
+
+        if self.cfg.scan_layers:
+            graphdef, stacked_state = nnx.split(self.decoder_blocks)
+            x_btd, cache = scan_blocks_cached(
+                lambda state, x, cache, index: call(nnx.merge(graphdef, state), x, cache, index),
+                stacked_state, x_btd, cache, self.cfg.num_layers)
+        else:
+            x_btd, cache = run_list_cached(self.decoder_blocks, x_btd, cache, call)
+        return self._logits(x_btd), cache
+
+    def _logits(self, x_btd):
         x_btd = self.final_norm(x_btd)
         logits_btv = self.embed.attend(x_btd) if self.head is None else self.head(x_btd)
         return constrain(logits_btv, _LOGIT_AXES)

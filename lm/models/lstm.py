@@ -7,6 +7,9 @@ recurrence with ``lax.scan`` over time: one [B, H] x [H, 4H] matmul per step. Th
 unit-major, [H, 4] with gates (input, forget, cell, output) innermost, so a shard of the 'mlp'
 axis holds whole units and the cell update needs no communication. The state (h, c) is zero at
 every position 0, so documents packed into one row never see each other.
+
+Decoding (lm/infer/decode.py) carries each layer's final (h, c) as its cache, stacked [L, B, D]:
+``decode`` continues the recurrence from it over a prompt or one new token.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ SCAN_UNROLL = 1
 # data=2, fsdp=2, tensor=2 mesh (the forward pass stayed right; tests/test_lstm.py covers it).
 _GATE_AXES = ("activation_batch", None, "activation_mlp")
 _LOGIT_AXES = ("activation_batch", "activation_length", "activation_vocab")
+_STATE_AXES = ("layers", "activation_batch", None)  # decoding cache: (h, c) of every layer
 
 
 def _fold(rng: Optional[jax.Array], i: int) -> Optional[jax.Array]:
@@ -69,6 +73,15 @@ def _recurrence_forward(gates_tbg, keep_tb, recurrent_hg):
     """Every h [T, B, H], with the cells [T, B, H] and gate activations [T, B, H, 4] (float32)."""
     _, batch, width = gates_tbg.shape
     units = width // NUM_GATES
+    init = (jnp.zeros((batch, units), gates_tbg.dtype), jnp.zeros((batch, units), jnp.float32))
+    return _recurrence_scan(gates_tbg, keep_tb, recurrent_hg, init)[1]
+
+
+def _recurrence_scan(gates_tbg, keep_tb, recurrent_hg, init):
+    """The recurrence from the state ``init`` = (h, c): ((h, c) after the last step, (every h,
+    every c, every gate activation))."""
+    _, batch, width = gates_tbg.shape
+    units = width // NUM_GATES
 
     def step(carry, inputs):
         h_bh, c_bh = carry
@@ -80,8 +93,7 @@ def _recurrence_forward(gates_tbg, keep_tb, recurrent_hg):
         h_bh = (act_bh4[..., 3] * jnp.tanh(c_bh)).astype(gates_tbg.dtype)
         return (h_bh, c_bh), (h_bh, c_bh, act_bh4)
 
-    init = (jnp.zeros((batch, units), gates_tbg.dtype), jnp.zeros((batch, units), jnp.float32))
-    return jax.lax.scan(step, init, (gates_tbg, keep_tb), unroll=SCAN_UNROLL)[1]
+    return jax.lax.scan(step, init, (gates_tbg, keep_tb), unroll=SCAN_UNROLL)
 
 
 @jax.custom_vjp
@@ -142,12 +154,24 @@ class LSTMLayer(nnx.Module):
         self.bias = param(rngs, gate_bias_init, (NUM_GATES * d,), ("mlp",), cfg.param_dtype)
 
     def __call__(self, x_btd: jax.Array, reset_bt: jax.Array) -> jax.Array:
+        gates_tbg, keep_tb = self._gate_inputs(x_btd, reset_bt)
+        h_tbh = lstm_recurrence(gates_tbg, keep_tb, self.recurrent[...].astype(self.dtype))
+        return jnp.swapaxes(h_tbh, 0, 1)
+
+    def decode(self, x_btd: jax.Array, reset_bt: jax.Array, h_bh: jax.Array,
+               c_bh: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The layer continued from the state (h, c): (every h [B, T, H], final h, final c)."""
+        gates_tbg, keep_tb = self._gate_inputs(x_btd, reset_bt)
+        (h_bh, c_bh), (h_tbh, _, _) = _recurrence_scan(
+            gates_tbg, keep_tb, self.recurrent[...].astype(self.dtype), (h_bh, c_bh))
+        return jnp.swapaxes(h_tbh, 0, 1), h_bh, c_bh
+
+    def _gate_inputs(self, x_btd, reset_bt):
+        """Time-major gate inputs [T, B, 4H] and the state-keeping factors [T, B]."""
         gates_btg = self.input(x_btd) + self.bias[...].astype(self.dtype)
         gates_btg = constrain(gates_btg, _GATE_AXES)
         keep_tb = jnp.swapaxes(~reset_bt, 0, 1).astype(self.dtype)
-        h_tbh = lstm_recurrence(jnp.swapaxes(gates_btg, 0, 1), keep_tb,
-                                self.recurrent[...].astype(self.dtype))
-        return jnp.swapaxes(h_tbh, 0, 1)
+        return jnp.swapaxes(gates_btg, 0, 1), keep_tb
 
 
 class LSTMLM(nnx.Module):
@@ -180,5 +204,28 @@ class LSTMLM(nnx.Module):
             x_btd = dropout(x_btd, self.cfg.dropout, _fold(dropout_rng, index))
             x_btd = layer(x_btd, reset_bt)
         x_btd = dropout(x_btd, self.cfg.dropout, _fold(dropout_rng, len(self.layers)))
+        return self._logits(x_btd)
+
+    def init_cache(self, batch: int) -> dict:
+        """Zero states: h [L, B, D] in the compute dtype, c [L, B, D] in float32."""
+        shape = (self.cfg.num_layers, batch, self.cfg.d_model)
+        return {"h": constrain(jnp.zeros(shape, jnp.dtype(self.cfg.dtype)), _STATE_AXES),
+                "c": constrain(jnp.zeros(shape, jnp.float32), _STATE_AXES)}
+
+    def decode(self, tokens_bt: jax.Array, positions_bt: jax.Array,
+               cache: dict) -> tuple[jax.Array, dict]:
+        """Logits [B, T, V] of T new tokens continuing the cached states; the state resets
+        where ``positions_bt`` is 0. Returns them with the states after the last token."""
+        reset_bt = positions_bt == 0
+        x_btd = self.embed(tokens_bt)
+        hs, cs = [], []
+        for index, layer in enumerate(self.layers):
+            x_btd, h_bh, c_bh = layer.decode(x_btd, reset_bt, cache["h"][index], cache["c"][index])
+            hs.append(h_bh)
+            cs.append(c_bh)
+        cache = {"h": constrain(jnp.stack(hs), _STATE_AXES), "c": constrain(jnp.stack(cs), _STATE_AXES)}
+        return self._logits(x_btd), cache
+
+    def _logits(self, x_btd):
         logits_btv = self.embed.attend(x_btd) if self.head is None else self.head(x_btd)
         return constrain(logits_btv, _LOGIT_AXES)

@@ -8,6 +8,9 @@ with ``lax.scan`` (``scan_layers``) so that compile time does not grow with dept
 ``pipeline_stages`` > 1, stacked [stages, layers] ([repeats, stages, layers] when circular) and
 run by the pipeline schedule of ``lm/parallel/pipeline.py``. Every way a block runs through one
 pure function of (block state, x), so remat applies identically.
+
+Decoding (lm/infer/decode.py) calls ``decode`` with a key/value cache stacked on a leading layers
+axis [L, B, G, S, K] for every kind of stack; a pipelined stack decodes as its L layers in turn.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lm.models import positions as pos
-from lm.models.attention import Attention
+from lm.models.attention import Attention, CacheStep, empty_kv_cache
 from lm.models.config import ModelConfig
 from lm.models.layers import MLP, Dense, Embed, Norm, dropout, param
 from lm.parallel.axes import constrain
@@ -48,15 +51,26 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, rngs)
 
     def __call__(self, x_btd, positions_bt, segment_ids_bt=None, rng=None, bidirectional_bt=None):
+        def attend(h_btd):
+            return self.attention(h_btd, positions_bt, segment_ids_bt, _fold(rng, 0),
+                                  bidirectional_bt), None
+        return self._residual(x_btd, attend, rng)[0]
+
+    def decode(self, x_btd, positions_bt, kv: dict, step: CacheStep, layer):
+        """The block (layer ``layer``) on new tokens with the stack's key/value cache: (x, cache)."""
+        return self._residual(
+            x_btd, lambda h_btd: self.attention.cached(h_btd, positions_bt, kv, step, layer), None)
+
+    def _residual(self, x_btd, attend, rng):
+        """Norms, residual adds and MLP around ``attend(h_btd) -> (attention output, aux)``."""
         h_btd = self.attn_norm(x_btd)
-        attn_btd = self.attention(h_btd, positions_bt, segment_ids_bt, _fold(rng, 0),
-                                  bidirectional_bt)
+        attn_btd, aux = attend(h_btd)
         if self.parallel:
             x_btd = x_btd + attn_btd + self.mlp(h_btd, _fold(rng, 1))
         else:
             x_btd = x_btd + attn_btd
             x_btd = x_btd + self.mlp(self.mlp_norm(x_btd), _fold(rng, 1))
-        return constrain(x_btd, _X_AXES)
+        return constrain(x_btd, _X_AXES), aux
 
 
 def make_stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs, count: int = 0, block_cls=Block):
@@ -74,6 +88,22 @@ def scan_blocks(apply_block, stacked_state, x, num_layers: int):
         block_state, index = layer
         return apply_block(block_state, x, index), None
     return jax.lax.scan(body, x, (stacked_state, jnp.arange(num_layers)))[0]
+
+
+def scan_blocks_cached(apply_block, stacked_state, x, cache, num_layers: int):
+    """x through a stack whose cache is stacked over its layers: ``apply_block(block_state, x,
+    cache, index) -> (x, cache)`` under lax.scan, the whole cache carried (updated in place)."""
+    def body(carry, layer):
+        block_state, index = layer
+        return apply_block(block_state, *carry, index), None
+    return jax.lax.scan(body, (x, cache), (stacked_state, jnp.arange(num_layers)))[0]
+
+
+def run_list_cached(blocks, x, cache, call):
+    """x through a list of blocks: ``call(block, x, cache, index) -> (x, cache)``."""
+    for index, block in enumerate(blocks):
+        x, cache = call(block, x, cache, index)
+    return x, cache
 
 
 def remat(cfg: ModelConfig, fn):
@@ -121,11 +151,16 @@ def position_table(cfg: ModelConfig, rngs: nnx.Rngs):
 
 
 def embed_tokens(cfg: ModelConfig, embed: Embed, table, tokens_bt, positions_bt, rng):
-    """Token embeddings plus absolute positions (learned or sinusoidal), then dropout."""
+    """Token embeddings plus absolute positions (learned or sinusoidal), then dropout.
+
+    With the fixed sinusoids (amplitude 1) the token embeddings are multiplied by sqrt(d_model),
+    as in Vaswani et al. 3.4: unscaled, embeddings initialised at std 0.02 are drowned by the
+    position signal and the model learns far more slowly (docs/results/ablations/positions)."""
     x_btd = embed(tokens_bt)
     if cfg.positions == "learned":
         x_btd = x_btd + jnp.take(table[...].astype(x_btd.dtype), positions_bt, axis=0)
     elif cfg.positions == "sinusoidal":
+        x_btd = x_btd * jnp.sqrt(jnp.asarray(cfg.d_model, x_btd.dtype))
         x_btd = x_btd + pos.sinusoidal(positions_bt, cfg.d_model).astype(x_btd.dtype)
     return constrain(dropout(x_btd, cfg.dropout, rng), _X_AXES)
 
@@ -161,6 +196,36 @@ class Decoder(nnx.Module):
         x_btd = self._embed(tokens_bt, positions_bt, _fold(dropout_rng, 0))
         x_btd = self._run_blocks(x_btd, positions_bt, segment_ids_bt, _fold(dropout_rng, 1),
                                  bidirectional_bt)
+        return self._logits(x_btd)
+
+    def init_cache(self, batch: int, length: int) -> dict:
+        """An empty key/value cache of ``length`` slots for ``batch`` rows."""
+        if self.cfg.arch == "encoder":
+            raise ValueError("config.model.arch='encoder' does not generate: it has no causal "
+                             "decoder to cache")
+        return empty_kv_cache(batch, length, self.cfg, self.cfg.num_layers)
+
+    def decode(self, tokens_bt: jax.Array, positions_bt: jax.Array, cache: dict,
+               step: CacheStep) -> tuple[jax.Array, dict]:
+        """Logits [B, T, V] of T new tokens (a whole prompt, or one token) that attend over the
+        cache as ``step`` says; returns them with the cache holding the new keys and values."""
+        x_btd = self._embed(tokens_bt, positions_bt, None)
+
+        def call(block, x, cache, index):
+            return block.decode(x, positions_bt, cache, step, index)
+
+        if self.cfg.scan_layers or self.cfg.pipelined:
+            graphdef, stacked_state = nnx.split(self.blocks)
+            if self.cfg.pipelined:
+                stacked_state = _pipeline_to_layer_stack(stacked_state, self.cfg)
+            x_btd, cache = scan_blocks_cached(
+                lambda state, x, cache, index: call(nnx.merge(graphdef, state), x, cache, index),
+                stacked_state, x_btd, cache, self.cfg.num_layers)
+        else:
+            x_btd, cache = run_list_cached(self.blocks, x_btd, cache, call)
+        return self._logits(x_btd), cache
+
+    def _logits(self, x_btd):
         x_btd = self.final_norm(x_btd)
         logits_btv = self.embed.attend(x_btd) if self.head is None else self.head(x_btd)
         return constrain(logits_btv, _LOGIT_AXES)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from lm.data import objectives
 from lm.data import pipeline as data_lib
 from lm.data.loader import Prefetcher, to_global
-from lm.infer.sample import generate
+from lm.infer.decode import GENERATING_ARCHS, DecodeSettings, generate_past_context
 from lm.parallel import make_mesh
 from lm.parallel import sharding as shd
 from lm.parallel.axes import axis_rules
@@ -105,9 +105,8 @@ class Trainer:
 
     @property
     def can_sample(self) -> bool:
-        """Left-to-right generation from a prompt (encoder-decoder decoding comes with the
-        KV-cache decoder; an encoder does not generate)."""
-        return self.exp.model.arch in ("decoder", "prefix_decoder", "lstm")
+        """Generation from a prompt with the cached decoder (an encoder does not generate)."""
+        return self.exp.model.arch in GENERATING_ARCHS
 
     def evaluate(self, params, sets: dict[str, list]) -> dict:
         """eval/loss over every set (token-weighted), and eval/<source>/loss for each of several."""
@@ -142,10 +141,15 @@ class Trainer:
             from jax.experimental import multihost_utils
             params = multihost_utils.process_allgather(params, tiled=True)
         train, vocab = self.exp.train, data_lib.vocabulary(self.exp.data)
-        prompt = vocab.encode(train.sample_prompt)
-        window = min(self.exp.data.seq_len, self.exp.model.max_len)
-        tokens = generate(self.graphdef, params, prompt, train.sample_tokens, window,
-                          train.sample_temperature, train.sample_top_k, seed)[0]
+        prompt = vocab.encode(train.sample_prompt) or [vocab.pad_id]
+        context = min(self.exp.data.seq_len, self.exp.model.max_len)
+        new_tokens = train.sample_tokens
+        if self.exp.model.arch == "encoder_decoder":  # the decoder's positions end at the context
+            prompt, new_tokens = prompt[-context:], min(new_tokens, context - 1)
+        settings = DecodeSettings(max_new_tokens=new_tokens, temperature=train.sample_temperature,
+                                  top_k=train.sample_top_k, seed=seed)
+        params = jax.device_get(params)  # sampling is tiny; avoid resharding the whole loop
+        tokens = generate_past_context(self.graphdef, params, prompt, settings, context)
         return train.sample_prompt + vocab.decode(tokens)
 
 

@@ -1,0 +1,109 @@
+"""``config.mode='sample'``: continue prompts with the latest checkpoint of a workdir, once
+(``config.sample.prompt``) or as a chat loop over the lines of stdin (``--interactive``)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Iterable, Optional, TextIO
+
+import jax
+
+from lm.configlib import ConfigError, from_section
+from lm.infer.decode import DecodeSettings, check_request, generate_text
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """The ``config.sample`` section (every field optional)."""
+    prompt: str = "\n"
+    max_new_tokens: int = 200
+    temperature: float = 0.8          # 0: greedy
+    top_k: int = 0                    # 0: no cut
+    top_p: float = 1.0                # nucleus mass; 1: no cut
+    repetition_penalty: float = 1.0   # 1: none
+    beam_size: int = 1                # > 1: beam search
+    length_penalty: float = 0.0       # GNMT alpha of beam search
+    stop: str = ""                    # stop strings separated by '|'; '' = none
+    stop_at_eos: bool = True          # the vocabulary's EOS id ends a continuation
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, section) -> "SampleConfig":
+        return from_section(cls, section or {}, "config.sample")
+
+    def settings(self, eos_id: int) -> DecodeSettings:
+        return DecodeSettings(
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+            top_p=self.top_p, repetition_penalty=self.repetition_penalty, beam_size=self.beam_size,
+            length_penalty=self.length_penalty, stop_tokens=(eos_id,) if self.stop_at_eos else (),
+            stop_strings=tuple(s for s in self.stop.split("|") if s), seed=self.seed)
+
+
+def check_checkpoint_arch(workdir: str, arch: str) -> None:
+    """Refuses a workdir whose saved config.json is of another architecture, naming both."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f).get("model", {}).get("arch", "decoder")
+    if saved != arch:
+        raise ConfigError(f"{workdir} holds a checkpoint of config.model.arch={saved!r}, but the "
+                          f"config asks for config.model.arch={arch!r}; pass "
+                          f"--config.model.arch={saved} or another --workdir")
+
+
+def sample_workdir(config, workdir: str, interactive: bool = False,
+                   stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = None) -> dict:
+    """Prints the continuation of ``config.sample.prompt`` (or of every stdin line) by the
+    latest checkpoint in ``workdir``."""
+    from lm.data import pipeline as data_lib
+    from lm.train.checkpoint import Checkpointer, CheckpointError
+    from lm.train.loop import Trainer
+    from lm.train.workdir import check_workdir
+
+    stdout = stdout or sys.stdout
+    sample = SampleConfig.from_config(config.get("sample"))
+    check_checkpoint_arch(workdir, config.model.arch)
+    trainer = Trainer(config, workdir)
+    check_workdir(workdir, trainer.exp)
+    vocab = data_lib.vocabulary(trainer.exp.data)
+    settings = sample.settings(vocab.eos_id)
+    context = min(trainer.exp.data.seq_len, trainer.exp.model.max_len)
+    prompts = _lines(stdin or sys.stdin) if interactive else [sample.prompt]
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    step = checkpointer.latest_step()
+    if step is None:
+        raise CheckpointError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: train first "
+                              f"(config.mode='pretrain') or point --workdir at a trained run")
+    if not interactive:
+        _check(trainer.exp.model, vocab, sample.prompt, settings, context)
+    state, _ = checkpointer.restore(step, trainer.abstract_state)
+    checkpointer.close()
+    params = jax.device_get(state.params)
+    count = 0
+    for prompt in prompts:
+        try:
+            _check(trainer.exp.model, vocab, prompt, settings, context)
+        except ConfigError as e:
+            if not interactive:
+                raise
+            print(f"error: {e}", file=stdout, flush=True)
+            continue
+        text = generate_text(trainer.graphdef, params, vocab, [prompt], settings, context=context)[0]
+        print(prompt + text if not interactive else text, file=stdout, flush=True)
+        count += 1
+    return {"step": step, "samples": count}
+
+
+def _check(model_cfg, vocab, prompt: str, settings: DecodeSettings, context: int) -> None:
+    try:
+        check_request(model_cfg, [vocab.encode(prompt)], settings, context)
+    except ValueError as e:
+        raise ConfigError(f"config.sample: {e}") from None
+
+
+def _lines(stream: TextIO) -> Iterable[str]:
+    for line in stream:
+        yield line.rstrip("\n")
