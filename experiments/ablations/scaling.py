@@ -6,8 +6,9 @@ whose best size gives the tokens-per-parameter optimum (Chinchilla's approach 2,
     python -m launch.sweep --config=experiments/ablations/scaling.py:full --workdir=...   # accelerator
 
 N counts every parameter (embeddings included: at these sizes they are a visible share). The
-compute of a run is 6 * N * tokens. Variants: '' (~8 minutes on 2 cores), 'full' (sizes to 25M
-parameters and 50x the tokens).
+compute of a run is 6 * N * tokens; the iso-compute budget is the 4th size's 2400 steps, which
+puts the optimum inside the sizes tried (at a quarter of it, the smallest size was best).
+Variants: '' (~19 minutes on 2 cores), 'full' (sizes to 25M parameters and 20x the tokens).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ SIZES = {"": [(2, 32, 2), (2, 64, 4), (3, 96, 4), (4, 128, 4), (4, 192, 6)],
          "full": [(2, 64, 4), (4, 128, 4), (6, 192, 6), (8, 256, 8), (8, 384, 8), (12, 512, 8)]}
 FIXED_STEPS = {"": 1000, "full": 20000}
 # The iso-compute budget: the 4th size trained for this many steps.
-ISO_STEPS = {"": 600, "full": 10000}
+ISO_STEPS = {"": 2400, "full": 10000}
 
 
 def approximate_params(layers: int, d_model: int, vocab: int = 87, max_len: int = 64) -> int:
@@ -84,9 +85,16 @@ def scaling_analysis(rows: list[dict], workdir: str, tokens_per_step: int) -> st
         best_tokens = compute / (6 * best)
         right.semilogx(n, loss, "o-", label=f"C = {compute:.3g} FLOPs")
         right.axvline(best, color="grey", linestyle=":", label=f"optimum N = {best:,.0f}")
-        lines += [f"Compute-matched (C = {compute:.3g} FLOPs): the parabola in log N has its "
-                  f"minimum at N = {best:,.0f} parameters, trained on {best_tokens:,.0f} tokens: "
-                  f"**{best_tokens / best:.1f} tokens per parameter** (Chinchilla: ~20).", ""]
+        at_edge = np.isclose(best, n.min(), rtol=1e-6) or np.isclose(best, n.max(), rtol=1e-6)
+        if not at_edge:
+            lines += [f"Compute-matched (C = {compute:.3g} FLOPs): the parabola in log N has its "
+                      f"minimum at N = {best:,.0f} parameters, trained on {best_tokens:,.0f} tokens: "
+                      f"**{best_tokens / best:.1f} tokens per parameter** (Chinchilla: ~20).", ""]
+        else:
+            side = "smallest" if np.isclose(best, n.min(), rtol=1e-6) else "largest"
+            lines += [f"Compute-matched (C = {compute:.3g} FLOPs): the loss is lowest at the {side} "
+                      f"size (N = {best:,.0f}, {best_tokens / best:.1f} tokens per parameter), so the "
+                      f"optimum lies outside the sizes tried; widen the sizes or change the budget.", ""]
     right.set(xlabel="parameters N", ylabel="validation loss (nats/char)", title="Equal compute")
     right.legend(fontsize=8)
     fig.tight_layout()
