@@ -59,8 +59,7 @@ def sample_workdir(config, workdir: str, interactive: bool = False,
     """Prints the continuation of ``config.sample.prompt`` (or of every stdin line) by the
     latest checkpoint in ``workdir``."""
     from lm.data import pipeline as data_lib
-    from lm.train.checkpoint import Checkpointer, CheckpointError
-    from lm.train.loop import Trainer
+    from lm.train.loop import Trainer, restore_checkpoint
     from lm.train.workdir import check_workdir
 
     stdout = stdout or sys.stdout
@@ -72,15 +71,9 @@ def sample_workdir(config, workdir: str, interactive: bool = False,
     settings = sample.settings(vocab.eos_id)
     context = min(trainer.exp.data.seq_len, trainer.exp.model.max_len)
     prompts = _lines(stdin or sys.stdin) if interactive else [sample.prompt]
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    step = checkpointer.latest_step()
-    if step is None:
-        raise CheckpointError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: train first "
-                              f"(config.mode='pretrain') or point --workdir at a trained run")
     if not interactive:
         _check(trainer.exp.model, vocab, sample.prompt, settings, context)
-    state, _ = checkpointer.restore(step, trainer.abstract_state)
-    checkpointer.close()
+    state, step = restore_checkpoint(trainer, workdir)
     params = jax.device_get(state.params)
     count = 0
     for prompt in prompts:

@@ -256,17 +256,26 @@ def _eval_and_sample(trainer: Trainer, state, eval_sets, writer, step: int, bar)
     return scores
 
 
+def restore_checkpoint(trainer: Trainer, workdir: str, step: Optional[int] = None) -> tuple[TrainState, int]:
+    """The train state saved at ``step`` (default: the latest) in ``workdir``, and its step."""
+    checkpoints = os.path.join(workdir, "checkpoints")
+    checkpointer = Checkpointer(checkpoints, async_save=False)
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {checkpoints}: train first (config.mode='pretrain') "
+                                  f"or point --workdir at a trained run")
+        state, _ = checkpointer.restore(step, trainer.abstract_state)
+    finally:
+        checkpointer.close()
+    return state, step
+
+
 def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None, devices=None) -> dict:
     """Validation loss / perplexity of a checkpoint in ``workdir`` (the latest by default)."""
     trainer = Trainer(config, workdir, devices)
     check_workdir(workdir, trainer.exp)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-        raise CheckpointError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: train first "
-                              f"(config.mode='pretrain') or point --workdir at a trained run")
-    state, _ = checkpointer.restore(step, trainer.abstract_state)
-    checkpointer.close()
+    state, step = restore_checkpoint(trainer, workdir, step)
     scores = {"step": step, **trainer.evaluate(state.params, trainer.eval_sets())}
     if jax.process_index() == 0:
         with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:

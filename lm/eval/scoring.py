@@ -1,0 +1,319 @@
+"""The model side of lm-evaluation-harness's three request types, for a trained ``lm`` model.
+
+  loglikelihood          (context, continuation) -> (sum of log p of the continuation tokens,
+                         whether greedy decoding produces exactly those tokens)
+  loglikelihood_rolling  document -> its total log-likelihood, every token scored once in
+                         rolling windows (lm.eval.metrics.rolling_windows, prefix token EOS)
+  generate_until         (context, {until, max_gen_toks, do_sample, temperature, top_k, top_p})
+                         -> the continuation, cut before the first stop string
+
+Both likelihood requests become (context ids, continuation ids) pairs that fit the window: a
+decoder or LSTM reads context + continuation[:-1] and scores the last positions (the prefix
+decoder attends bidirectionally over the context); an encoder-decoder encodes the context and
+its decoder reads the start token + continuation[:-1]. Contexts are cut from the left. Pairs
+are sorted by length, batched and right-padded to power-of-two lengths and row counts, and one
+jitted function scores them, so few shapes compile. Right padding is invisible to causal
+positions and the encoder-decoder's padding is masked by segment ids, so a pair scores the same
+alone or in any batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lm.eval.metrics import rolling_windows
+from lm.infer.decode import (DECODER_START_ID, DecodeSettings, generate, generate_past_context,
+                             truncate_at_stop)
+from lm.train.step import logits_fn, token_losses
+
+SCORING_ARCHS = ("decoder", "prefix_decoder", "encoder_decoder", "lstm")
+GENERATION_KEYS = ("until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p")
+DEFAULT_MAX_GEN_TOKS = 256  # lm-evaluation-harness's default
+Pair = tuple[list[int], list[int]]
+
+
+def check_scoring_arch(arch: str) -> None:
+    """Refuses, with the reason, an architecture that cannot score or generate text."""
+    if arch == "encoder":
+        raise ValueError("config.model.arch='encoder' is a bidirectional (masked-LM) encoder: it "
+                         "gives no probability to a continuation and cannot generate, so it cannot "
+                         f"be evaluated on loglikelihood or generation requests; use one of "
+                         f"{', '.join(SCORING_ARCHS)}")
+    if arch not in SCORING_ARCHS:
+        raise ValueError(f"config.model.arch={arch!r} cannot be scored; use one of "
+                         f"{', '.join(SCORING_ARCHS)}")
+
+
+class ModelScorer:
+    """Answers loglikelihood, loglikelihood_rolling and generate_until requests for one model.
+
+    ``context_len`` is the window in tokens (the training seq_len); Transformer windows are also
+    capped by ``model_cfg.max_len``. ``batch_size`` rows are scored per call.
+    """
+
+    def __init__(self, graphdef: nnx.GraphDef, params, model_cfg, vocab, context_len: int,
+                 batch_size: int = 16, seed: int = 0, step: Optional[int] = None):
+        check_scoring_arch(model_cfg.arch)
+        if context_len < 1 or batch_size < 1:
+            raise ValueError(f"context_len={context_len} and batch_size={batch_size} must be >= 1")
+        self.graphdef = graphdef
+        self.params = jax.device_put(params)
+        self.model_cfg = model_cfg
+        self.arch = model_cfg.arch
+        self.vocab = vocab
+        self.window = context_len if self.arch == "lstm" else min(context_len, model_cfg.max_len)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.step = step
+
+    @classmethod
+    def from_workdir(cls, workdir: str, step: Optional[int] = None, device=None,
+                     batch_size: int = 16, seed: int = 0) -> "ModelScorer":
+        """The checkpoint at ``step`` (default: the latest) of ``workdir``, rebuilt from the
+        workdir's config.json on one local device (default: the first)."""
+        from lm.data import pipeline as data_lib
+        from lm.train.checkpoint import CheckpointError
+        from lm.train.loop import Trainer, restore_checkpoint
+
+        config = saved_config(workdir)
+        check_scoring_arch(config.model.get("arch", "decoder"))
+        checkpoints = os.path.join(workdir, "checkpoints")
+        if not os.path.isdir(checkpoints):
+            raise CheckpointError(f"no checkpoint in {checkpoints}: train first "
+                                  f"(config.mode='pretrain') or point at a trained run")
+        trainer = Trainer(config, workdir, devices=[device or jax.local_devices()[0]])
+        state, step = restore_checkpoint(trainer, workdir, step)
+        exp = trainer.exp
+        return cls(trainer.graphdef, jax.device_get(state.params), exp.model,
+                   data_lib.vocabulary(exp.data), exp.data.seq_len, batch_size, seed, step)
+
+    # ------------------------------------------------------------------------- requests
+
+    def loglikelihood(self, requests: Sequence) -> list[tuple[float, bool]]:
+        """(log p(continuation | context) in nats, whether every continuation token is the argmax)
+        for each (context, continuation) request."""
+        pairs = []
+        for index, request in enumerate(requests):
+            context, continuation = _arguments(request)
+            context_ids, continuation_ids = self._encode_pair(context, continuation)
+            if not continuation_ids:
+                raise ValueError(f"request {index}: the continuation {continuation!r} has no tokens")
+            pairs.append(self._fit_window(context_ids, continuation_ids, index))
+        return self._score_pairs(pairs)
+
+    def loglikelihood_rolling(self, requests: Sequence) -> list[float]:
+        """Total log-likelihood (nats) of each whole document, every token predicted once."""
+        pairs, owners = [], []
+        for index, request in enumerate(requests):
+            (text,) = _arguments(request, 1)
+            for context, target in rolling_windows(self.vocab.encode(text), self.window,
+                                                   prefix_token=self.vocab.eos_id):
+                pairs.append((context, target))
+                owners.append(index)
+        totals = [0.0] * len(requests)
+        for owner, (loglik, _) in zip(owners, self._score_pairs(pairs)):
+            totals[owner] += loglik
+        return totals
+
+    def generate_until(self, requests: Sequence) -> list[str]:
+        """The continuation of each (context, generation arguments) request."""
+        groups: dict[DecodeSettings, list[tuple[int, list[int]]]] = {}
+        for index, request in enumerate(requests):
+            context, arguments = _arguments(request)
+            settings = generation_settings(arguments, self.vocab.eos_id, self.seed)
+            settings = self._fit_generation(settings)
+            prompt = self.vocab.encode(context) or [self.vocab.eos_id]
+            groups.setdefault(settings, []).append((index, prompt))
+        texts: list[str] = [""] * len(requests)
+        for settings, items in groups.items():
+            for index, tokens in self._generate_group(settings, items):
+                texts[index] = truncate_at_stop(self.vocab.decode(tokens), settings.stop_strings)
+        return texts
+
+    # ------------------------------------------------------------------------- likelihood
+
+    def _encode_pair(self, context: str, continuation: str) -> Pair:
+        """Token ids as lm-evaluation-harness makes them: trailing spaces of the context move to
+        the continuation; a decoder's continuation is what encoding the whole text adds to the
+        context's tokens; an empty context becomes EOS."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        context_ids = self.vocab.encode(context)
+        if self.arch == "encoder_decoder":
+            continuation_ids = self.vocab.encode(continuation)
+        else:
+            continuation_ids = self.vocab.encode(context + continuation)[len(context_ids):]
+        return list(context_ids) or [self.vocab.eos_id], list(continuation_ids)
+
+    def _fit_window(self, context: list[int], continuation: list[int], index: int) -> Pair:
+        """Cuts the context from the left so that the pair fits the window."""
+        if len(continuation) > self.window:
+            raise ValueError(f"request {index}: the continuation has {len(continuation)} tokens, more "
+                             f"than the window of {self.window}")
+        if self.arch == "encoder_decoder":
+            return context[-self.window:], continuation
+        return context[-(self.window + 1 - len(continuation)):], continuation
+
+    def _score_pairs(self, pairs: Sequence[Pair]) -> list[tuple[float, bool]]:
+        """(summed log-probability, all greedy) of each pair's continuation, longest first in
+        batches of ``batch_size``."""
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        results: list[Any] = [None] * len(pairs)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            batch, scored_bt = batch_layout(self.arch, [pairs[i] for i in chunk], self.window,
+                                            self.batch_size)
+            logprob_bt, greedy_bt = jax.device_get(_token_scores(self.graphdef, self.params, batch))
+            for row, index in enumerate(chunk):
+                mask = scored_bt[row]
+                results[index] = (float(np.sum(logprob_bt[row][mask], dtype=np.float64)),
+                                  bool(np.all(greedy_bt[row][mask])))
+        return results
+
+    # ------------------------------------------------------------------------- generation
+
+    def _fit_generation(self, settings: DecodeSettings) -> DecodeSettings:
+        """An encoder-decoder's decoder holds the start token and at most window - 1 new ones."""
+        if self.arch == "encoder_decoder" and settings.max_new_tokens >= self.window:
+            return dataclasses.replace(settings, max_new_tokens=max(self.window - 1, 1))
+        return settings
+
+    def _generate_group(self, settings: DecodeSettings, items: list[tuple[int, list[int]]]):
+        """(request index, new tokens) for requests sharing ``settings``: prompts cut from the
+        left to leave room for the new tokens, in batches; a Transformer decoder asked for more
+        tokens than its window continues past it one request at a time."""
+        new = settings.max_new_tokens
+        if self.arch in ("decoder", "prefix_decoder") and new >= self.window:
+            for index, prompt in items:
+                yield index, generate_past_context(self.graphdef, self.params, prompt, settings,
+                                                   self.window)
+            return
+        keep = self.window - new if self.arch in ("decoder", "prefix_decoder") else self.window
+        items = sorted(((index, prompt[-keep:]) for index, prompt in items), key=lambda x: len(x[1]))
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            generation = generate(self.graphdef, self.params, [prompt for _, prompt in chunk],
+                                  settings, context=self.window)
+            yield from zip((index for index, _ in chunk), generation.tokens)
+
+
+def generation_settings(arguments: dict, eos_id: int, seed: int = 0) -> DecodeSettings:
+    """DecodeSettings for lm-evaluation-harness generation arguments. Sampling happens when
+    ``do_sample`` is true (temperature default 1) or, with ``do_sample`` unset, when the
+    temperature is above 0; otherwise decoding is greedy. EOS always ends a continuation."""
+    unknown = sorted(set(arguments) - set(GENERATION_KEYS))
+    if unknown:
+        raise ValueError(f"unsupported generation arguments {unknown}; supported: "
+                         f"{', '.join(GENERATION_KEYS)}")
+    until = arguments.get("until") or ()
+    until = (until,) if isinstance(until, str) else tuple(until)
+    do_sample = arguments.get("do_sample")
+    temperature = arguments.get("temperature")
+    if do_sample is False:
+        temperature = 0.0
+    elif do_sample:
+        temperature = 1.0 if temperature is None else float(temperature)
+    else:
+        temperature = float(temperature or 0.0)
+    return DecodeSettings(max_new_tokens=int(arguments.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS)),
+                          temperature=temperature, top_k=int(arguments.get("top_k") or 0),
+                          top_p=float(arguments.get("top_p") or 1.0), stop_tokens=(eos_id,),
+                          stop_strings=until, seed=seed)
+
+
+def saved_config(workdir: str):
+    """The workdir's config.json as a ConfigDict, its mesh set to one device."""
+    import ml_collections
+
+    from lm.parallel.mesh import AXES
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a training workdir")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if "mesh" not in config:
+        config.mesh = ml_collections.ConfigDict()
+    for axis in AXES:
+        config.mesh[axis] = 1
+        config.mesh[f"dcn_{axis}"] = 1
+    return config
+
+
+def _arguments(request, count: int = 2) -> tuple:
+    """A request's arguments: a tuple, or an lm-evaluation-harness Instance (its ``args``)."""
+    args = request.args if hasattr(request, "args") else request
+    args = (args,) if isinstance(args, str) else tuple(args)
+    if len(args) != count:
+        raise ValueError(f"expected {count} request argument(s), got {len(args)}: {args!r}")
+    return args
+
+
+# ----------------------------------------------------------------------------- batches
+
+def bucket(length: int, cap: int) -> int:
+    """The next power of two at or above ``length``, but not above ``cap``."""
+    return min(1 << max(length - 1, 0).bit_length(), cap)
+
+
+def batch_layout(arch: str, pairs: Sequence[Pair], window: int, max_rows: int
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Host arrays of one scoring batch, right-padded to bucketed lengths and rows, and the
+    [rows, length] mask of the positions whose targets are continuation tokens."""
+    rows = bucket(len(pairs), max_rows)
+    if arch == "encoder_decoder":
+        return _encoder_decoder_layout(pairs, rows, window)
+    length = bucket(max(len(c) + len(t) - 1 for c, t in pairs), window)
+    inputs, targets = np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32)
+    prefix = np.zeros((rows, length), np.int32)
+    scored = np.zeros((rows, length), bool)
+    for row, (context, continuation) in enumerate(pairs):
+        sequence = context + continuation
+        used = len(sequence) - 1
+        inputs[row, :used], targets[row, :used] = sequence[:-1], sequence[1:]
+        prefix[row, :len(context)] = 1
+        scored[row, len(context) - 1:used] = True
+    batch = {"inputs": inputs, "targets": targets, "positions": _positions(rows, length)}
+    if arch == "prefix_decoder":
+        batch["bidirectional"] = prefix
+    return batch, scored
+
+
+def _encoder_decoder_layout(pairs: Sequence[Pair], rows: int, window: int):
+    source = bucket(max(len(c) for c, _ in pairs), window)
+    length = bucket(max(len(t) for _, t in pairs), window)
+    encoder = np.zeros((rows, source), np.int32)
+    encoder_segments = np.zeros((rows, source), np.int32)
+    inputs, targets = np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32)
+    segments = np.zeros((rows, length), np.int32)
+    for row, (context, continuation) in enumerate(pairs):
+        encoder[row, :len(context)] = context
+        encoder_segments[row, :len(context)] = 1
+        inputs[row, :len(continuation)] = [DECODER_START_ID] + continuation[:-1]
+        targets[row, :len(continuation)] = continuation
+        segments[row, :len(continuation)] = 1
+    batch = {"encoder_inputs": encoder, "encoder_segment_ids": encoder_segments,
+             "encoder_positions": _positions(rows, source), "inputs": inputs, "targets": targets,
+             "segment_ids": segments, "positions": _positions(rows, length)}
+    return batch, segments.astype(bool)
+
+
+def _positions(rows: int, length: int) -> np.ndarray:
+    return np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length)).copy()
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _token_scores(graphdef: nnx.GraphDef, params, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """Log-probability [B, T] of each target, and whether it is the argmax of its logits."""
+    logits_btv = logits_fn(graphdef, params, batch).astype(jnp.float32)
+    cross_entropy_bt, _ = token_losses(logits_btv, batch["targets"])
+    return -cross_entropy_bt, jnp.argmax(logits_btv, axis=-1) == batch["targets"]
