@@ -85,17 +85,22 @@ class Attention(nnx.Module):
         """Self-attention; ``mask`` [B, 1, T, T], when given, replaces the one built from
         segments and prefix (an encoder passes its bidirectional mask)."""
         cfg = self.cfg
-        q_bthk = constrain(self.query(x_btd), _Q_AXES)
-        k_bsgk = constrain(self.key(x_btd), _KV_AXES)
-        v_bsgk = constrain(self.value(x_btd), _KV_AXES)
-        if cfg.positions == "rope":
-            q_bthk = pos.apply_rope(q_bthk, positions_bt, cfg.rope_theta)
-            k_bsgk = pos.apply_rope(k_bsgk, positions_bt, cfg.rope_theta)
+        q_bthk, k_bsgk, v_bsgk = self._self_projections(x_btd, positions_bt)
         bias = (pos.alibi_bias(positions_bt, positions_bt, cfg.num_heads).astype(q_bthk.dtype)
                 if cfg.positions == "alibi" else None)
         if mask is None:
             mask = attention_mask(segment_ids_bt, x_btd.shape[1], bidirectional_bt)
         return self._attend(q_bthk, k_bsgk, v_bsgk, bias, mask, rng)
+
+    def _self_projections(self, x_btd, positions_bt):
+        """Queries, keys and values of ``x_btd``, rotated by RoPE when configured."""
+        q_bthk = constrain(self.query(x_btd), _Q_AXES)
+        k_btgk = constrain(self.key(x_btd), _KV_AXES)
+        v_btgk = constrain(self.value(x_btd), _KV_AXES)
+        if self.cfg.positions == "rope":
+            q_bthk = pos.apply_rope(q_bthk, positions_bt, self.cfg.rope_theta)
+            k_btgk = pos.apply_rope(k_btgk, positions_bt, self.cfg.rope_theta)
+        return q_bthk, k_btgk, v_btgk
 
     def cached(self, x_btd: jax.Array, positions_bt: jax.Array, kv: dict, step: CacheStep,
                layer) -> tuple[jax.Array, dict]:
@@ -103,12 +108,7 @@ class Attention(nnx.Module):
         ``{"key", "value"}`` [L, B, G, S, K], which gets their keys and values at slot
         ``step.index`` (written in place). Returns the output and the updated cache."""
         cfg = self.cfg
-        q_bthk = constrain(self.query(x_btd), _Q_AXES)
-        k_btgk = constrain(self.key(x_btd), _KV_AXES)
-        v_btgk = constrain(self.value(x_btd), _KV_AXES)
-        if cfg.positions == "rope":
-            q_bthk = pos.apply_rope(q_bthk, positions_bt, cfg.rope_theta)
-            k_btgk = pos.apply_rope(k_btgk, positions_bt, cfg.rope_theta)
+        q_bthk, k_btgk, v_btgk = self._self_projections(x_btd, positions_bt)
         start = tuple(jnp.asarray(i, jnp.int32) for i in (layer, 0, 0, step.index, 0))
         kv = {name: constrain(jax.lax.dynamic_update_slice(
                   kv[name], jnp.swapaxes(new, 1, 2)[None].astype(kv[name].dtype), start),

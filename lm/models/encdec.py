@@ -26,9 +26,9 @@ from lm.models import masks
 from lm.models.attention import Attention, CacheStep, empty_kv_cache
 from lm.models.config import ModelConfig
 from lm.models.layers import MLP, Dense, Embed, Norm
-from lm.models.transformer import (_LOGIT_AXES, _X_AXES, Block, _fold, embed_tokens,
-                                   make_stacked_blocks, position_table, remat, run_list_cached,
-                                   scan_blocks, scan_blocks_cached)
+from lm.models.transformer import (_X_AXES, Block, _fold, embed_tokens, make_stacked_blocks,
+                                   position_table, project_logits, remat, run_stack_cached,
+                                   scan_blocks)
 from lm.parallel.axes import constrain
 
 
@@ -174,19 +174,12 @@ class EncoderDecoder(nnx.Module):
         def call(block, x, cache, index):
             return block.decode(x, positions_bt, cache, step, cross_mask_b1ts, index)
 
-        if self.cfg.scan_layers:
-            graphdef, stacked_state = nnx.split(self.decoder_blocks)
-            x_btd, cache = scan_blocks_cached(
-                lambda state, x, cache, index: call(nnx.merge(graphdef, state), x, cache, index),
-                stacked_state, x_btd, cache, self.cfg.num_layers)
-        else:
-            x_btd, cache = run_list_cached(self.decoder_blocks, x_btd, cache, call)
+        x_btd, cache = run_stack_cached(self.decoder_blocks, self.cfg.scan_layers, x_btd, cache, call,
+                                        self.cfg.num_layers)
         return self._logits(x_btd), cache
 
     def _logits(self, x_btd):
-        x_btd = self.final_norm(x_btd)
-        logits_btv = self.embed.attend(x_btd) if self.head is None else self.head(x_btd)
-        return constrain(logits_btv, _LOGIT_AXES)
+        return project_logits(self.final_norm, self.embed, self.head, x_btd)
 
     def __call__(self, encoder_tokens_bs: jax.Array, decoder_tokens_bt: jax.Array,
                  encoder_positions_bs: Optional[jax.Array] = None,

@@ -106,6 +106,27 @@ def run_list_cached(blocks, x, cache, call):
     return x, cache
 
 
+def run_stack_cached(blocks, scanned: bool, x, cache, call, num_layers: int, to_layer_stack=None):
+    """x through a list or a scanned stack of blocks with a cache stacked over the layers:
+    ``call(block, x, cache, index) -> (x, cache)``; ``to_layer_stack`` reshapes stacked
+    parameters to [L, ...] first (a pipelined stack)."""
+    if not scanned:
+        return run_list_cached(blocks, x, cache, call)
+    graphdef, stacked_state = nnx.split(blocks)
+    if to_layer_stack is not None:
+        stacked_state = to_layer_stack(stacked_state)
+    return scan_blocks_cached(
+        lambda state, x, cache, index: call(nnx.merge(graphdef, state), x, cache, index),
+        stacked_state, x, cache, num_layers)
+
+
+def project_logits(final_norm, embed, head, x_btd):
+    """The final norm, then the tied embedding (``head`` None) or the head: logits [B, T, V]."""
+    x_btd = final_norm(x_btd)
+    logits_btv = embed.attend(x_btd) if head is None else head(x_btd)
+    return constrain(logits_btv, _LOGIT_AXES)
+
+
 def remat(cfg: ModelConfig, fn):
     """``fn`` rematerialised by the configured policy (or unchanged)."""
     if cfg.remat == "none":
@@ -214,21 +235,13 @@ class Decoder(nnx.Module):
         def call(block, x, cache, index):
             return block.decode(x, positions_bt, cache, step, index)
 
-        if self.cfg.scan_layers or self.cfg.pipelined:
-            graphdef, stacked_state = nnx.split(self.blocks)
-            if self.cfg.pipelined:
-                stacked_state = _pipeline_to_layer_stack(stacked_state, self.cfg)
-            x_btd, cache = scan_blocks_cached(
-                lambda state, x, cache, index: call(nnx.merge(graphdef, state), x, cache, index),
-                stacked_state, x_btd, cache, self.cfg.num_layers)
-        else:
-            x_btd, cache = run_list_cached(self.blocks, x_btd, cache, call)
+        to_layers = (lambda state: _pipeline_to_layer_stack(state, self.cfg)) if self.cfg.pipelined else None
+        x_btd, cache = run_stack_cached(self.blocks, self.cfg.scan_layers or self.cfg.pipelined, x_btd,
+                                        cache, call, self.cfg.num_layers, to_layers)
         return self._logits(x_btd), cache
 
     def _logits(self, x_btd):
-        x_btd = self.final_norm(x_btd)
-        logits_btv = self.embed.attend(x_btd) if self.head is None else self.head(x_btd)
-        return constrain(logits_btv, _LOGIT_AXES)
+        return project_logits(self.final_norm, self.embed, self.head, x_btd)
 
     def _embed(self, tokens_bt, positions_bt, rng):
         return embed_tokens(self.cfg, self.embed, self.position_embedding, tokens_bt, positions_bt, rng)
