@@ -8,14 +8,12 @@ import pytest
 from flax import nnx
 
 import numpy_reference as ref
-from lm.data.loader import to_global
 from lm.models import ModelConfig, build
 from lm.models.forward import apply_batch
 from lm.models.masks import masks_for
-from lm.parallel.axes import axis_rules
 from lm.train.loop import Trainer
-from lm.train.step import loss_sums
 from tests.helpers import small_config
+from tests.test_sharding import _loss_and_grads, _max_relative_error, _train
 from tests.test_models import perturb, params_of
 
 BASE = dict(vocab_size=37, num_layers=2, d_model=32, num_heads=4, max_len=16, init_std=0.2)
@@ -217,25 +215,9 @@ def _loss_grads_and_training(config, devices):
     trainer = Trainer(config, "", devices)
     it = trainer.train_iterator()
     batches = [next(it) for _ in range(STEPS)]
-    state = trainer.init_state()
-
-    def fn(params, b):
-        with axis_rules(trainer.mesh, trainer.rules):
-            (_, (ce, _)), grads = jax.value_and_grad(
-                lambda p: loss_sums(trainer.graphdef, p, b, 0.0), has_aux=True)(params)
-        return ce, grads
-    jitted = jax.jit(fn, in_shardings=(trainer.shardings.params, trainer.batch_sharding))
-    loss, grads = jax.device_get(jitted(state.params, to_global(batches[0], trainer.batch_sharding)))
-    losses = []
-    for batch in batches:
-        state, metrics = trainer.train_step(state, to_global(batch, trainer.batch_sharding))
-        losses.append(float(metrics["train/loss"]))
-    return loss, grads, losses, jax.device_get(state.params)
-
-
-def _max_relative_error(a, b):
-    return max(np.abs(np.asarray(x) - np.asarray(y)).max() / max(np.abs(np.asarray(y)).max(), 1e-12)
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    loss, grads = _loss_and_grads(trainer, batches[0])
+    losses, params = _train(trainer, batches)
+    return loss, grads, losses, params
 
 
 MIXED = dict(data=2, fsdp=2, tensor=2)

@@ -6,6 +6,8 @@ from lm.models.transformer import Decoder
 def build(cfg: ModelConfig, seed: int = 0):
     """The model for ``cfg`` (by ``cfg.arch``) with parameters initialised from ``seed``."""
     from flax import nnx
+    if cfg.vocab_size <= 0:
+        raise ValueError("ModelConfig.vocab_size must be set before building the model")
     rngs = nnx.Rngs(params=seed)
     if cfg.arch == "lstm":
         from lm.models.lstm import LSTMLM

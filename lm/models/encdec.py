@@ -116,8 +116,6 @@ def _default(values, tokens):
 
 class EncoderDecoder(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        if cfg.vocab_size <= 0:
-            raise ValueError("ModelConfig.vocab_size must be set before building the model")
         self.cfg = cfg
         self.embed = Embed(cfg.vocab_size, cfg, rngs)
         self.position_embedding = position_table(cfg, rngs)

@@ -178,8 +178,6 @@ class LSTMLM(nnx.Module):
     """Stacked LSTM language model with the Decoder's call signature (causal only)."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        if cfg.vocab_size <= 0:
-            raise ValueError("ModelConfig.vocab_size must be set before building the model")
         self.cfg = cfg
         self.embed = Embed(cfg.vocab_size, cfg, rngs)
         self.layers = nnx.List([LSTMLayer(cfg, rngs) for _ in range(cfg.num_layers)])
