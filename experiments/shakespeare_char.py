@@ -12,7 +12,7 @@ from configs import meshes, models, optimizers
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    # pretrain | eval (validation loss/perplexity of a checkpoint) | sample (continue a prompt)
+    # pretrain | eval (validation loss and the config.eval tasks) | sample (continue a prompt)
     config.mode = "pretrain"
     config.seed = 1337             # parameters, data order and dropout all derive from it
 
@@ -78,6 +78,18 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.sample.stop_at_eos = True        # the vocabulary's EOS id ends the continuation
     config.sample.seed = 0                  # same seed, same continuation
 
+    # Evaluation (config.mode='eval'): validation loss, then these tasks through seqio.Evaluator
+    # (lm/eval/tasks.py); results in <workdir>/eval/step<N>.{json,md}.
+    config.eval = ml_collections.ConfigDict()
+    config.eval.tasks = "heldout_docs,next_line_choice,word_order_choice,last_word,next_line,humaneval"
+    config.eval.num_examples = 0          # rows per task, evenly spaced; 0: all
+    config.eval.batch_size = 16
+    config.eval.max_new_tokens = 0        # 0: each task's default (HumanEval: 128)
+    config.eval.code_samples = 1          # completions per HumanEval problem (1: greedy)
+    config.eval.code_temperature = 0.8    # when code_samples > 1
+    config.eval.pass_k = "1"              # e.g. '1,10' with code_samples >= 10
+    config.eval.heldout_doc_chars = 2048  # heldout_docs: characters per document
+
     # Mesh: one device here; the same program shards over (data, fsdp, tensor) on a pod.
     config.mesh = meshes.data_parallel()
 
@@ -88,6 +100,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.train.log_every = 5
         config.train.sample_tokens = 20
         config.data.eval_batches = 2
+        config.eval.num_examples = 4
     elif variant:
         raise ValueError(f"unknown variant {variant!r} of shakespeare_char; use '' or 'smoke'")
     return config

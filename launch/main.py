@@ -38,8 +38,8 @@ def main(argv) -> None:
         from lm.train.loop import pretrain
         result = pretrain(config, FLAGS.workdir)
     elif mode == "eval":
-        from lm.train.loop import evaluate_checkpoint
-        result = evaluate_checkpoint(config, FLAGS.workdir)
+        from lm.eval.runner import evaluate_workdir
+        result = evaluate_workdir(config, FLAGS.workdir)
     elif mode == "sample":
         from lm.infer.session import sample_workdir
         result = sample_workdir(config, FLAGS.workdir, FLAGS.interactive)

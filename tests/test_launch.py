@@ -20,6 +20,26 @@ def test_main_trains_then_evaluates(tmp_path):
     scores = json.load(open(os.path.join(workdir, "eval_step20.json")))
     last = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert abs(scores["eval/loss"] - [r for r in last if "eval/loss" in r][-1]["eval/loss"]) < 1e-6
+    check_eval_suite_report(workdir, scores)
+
+
+def check_eval_suite_report(workdir: str, scores: dict) -> None:
+    """The smoke config's eval tasks (4 rows each): every task reported, and HumanEval end to end:
+    the completions the tiny model wrote, run again in the sandbox, give the reported pass@1."""
+    from lm.eval.humaneval import evaluate_completions, read_problems
+
+    summary = json.load(open(os.path.join(workdir, "eval", "step20.json")))
+    assert sorted(summary["tasks"]) == ["heldout_docs", "humaneval", "last_word", "next_line", "next_line_choice",
+                                     "word_order_choice"]
+    assert summary["validation"]["eval/loss"] == scores["eval/loss"]
+    assert "| humaneval | code | 4 | pass@1 |" in open(os.path.join(workdir, "eval", "step20.md")).read()
+    lines = open(os.path.join(workdir, "eval", "step20_samples", "humaneval.jsonl")).read().splitlines()
+    samples = [json.loads(line) for line in lines]
+    assert len(samples) == 4 and all(s["prediction"] for s in samples)
+    completions = {s["task_id"]: [s["prediction"]] for s in samples}
+    rerun = evaluate_completions(read_problems(), completions, k=(1,))
+    assert scores["humaneval/pass@1"] == 100 * rerun["pass@1"]
+    assert 2 ** -8 < scores["heldout_docs/bits_per_byte"] < 8
 
 
 def test_unknown_override_key_names_close_match(tmp_path):

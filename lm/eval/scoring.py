@@ -106,19 +106,34 @@ class ModelScorer:
             context_ids, continuation_ids = self._encode_pair(context, continuation)
             if not continuation_ids:
                 raise ValueError(f"request {index}: the continuation {continuation!r} has no tokens")
-            pairs.append(self._fit_window(context_ids, continuation_ids, index))
-        return self._score_pairs(pairs)
+            pairs.append((context_ids, continuation_ids))
+        return self.loglikelihood_tokens(pairs)
+
+    def loglikelihood_tokens(self, pairs: Sequence[Pair]) -> list[tuple[float, bool]]:
+        """``loglikelihood`` of (context ids, continuation ids) pairs already tokenized (an empty
+        context becomes EOS; long contexts are cut from the left)."""
+        fitted = []
+        for index, (context, continuation) in enumerate(pairs):
+            if not len(continuation):
+                raise ValueError(f"request {index}: the continuation has no tokens")
+            context = [int(t) for t in context] or [self.vocab.eos_id]
+            fitted.append(self._fit_window(context, [int(t) for t in continuation], index))
+        return self._score_pairs(fitted)
 
     def loglikelihood_rolling(self, requests: Sequence) -> list[float]:
         """Total log-likelihood (nats) of each whole document, every token predicted once."""
+        return self.loglikelihood_rolling_tokens(
+            [self.vocab.encode(_arguments(request, 1)[0]) for request in requests])
+
+    def loglikelihood_rolling_tokens(self, documents: Sequence[Sequence[int]]) -> list[float]:
+        """``loglikelihood_rolling`` of documents already tokenized."""
         pairs, owners = [], []
-        for index, request in enumerate(requests):
-            (text,) = _arguments(request, 1)
-            for context, target in rolling_windows(self.vocab.encode(text), self.window,
+        for index, tokens in enumerate(documents):
+            for context, target in rolling_windows([int(t) for t in tokens], self.window,
                                                    prefix_token=self.vocab.eos_id):
                 pairs.append((context, target))
                 owners.append(index)
-        totals = [0.0] * len(requests)
+        totals = [0.0] * len(documents)
         for owner, (loglik, _) in zip(owners, self._score_pairs(pairs)):
             totals[owner] += loglik
         return totals
@@ -137,6 +152,18 @@ class ModelScorer:
             for index, tokens in self._generate_group(settings, items):
                 texts[index] = truncate_at_stop(self.vocab.decode(tokens), settings.stop_strings)
         return texts
+
+    def generate_tokens(self, prompts: Sequence[Sequence[int]], settings: DecodeSettings
+                        ) -> list[list[int]]:
+        """The new tokens continuing each tokenized prompt (an empty prompt starts from EOS);
+        stop strings are left to the caller, which decodes the text."""
+        settings = self._fit_generation(settings)
+        items = [(index, [int(t) for t in prompt] or [self.vocab.eos_id])
+                 for index, prompt in enumerate(prompts)]
+        new_tokens: list[list[int]] = [[] for _ in prompts]
+        for index, tokens in self._generate_group(settings, items):
+            new_tokens[index] = [int(t) for t in tokens]
+        return new_tokens
 
     # ------------------------------------------------------------------------- likelihood
 

@@ -271,11 +271,18 @@ def restore_checkpoint(trainer: Trainer, workdir: str, step: Optional[int] = Non
     return state, step
 
 
-def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None, devices=None) -> dict:
-    """Validation loss / perplexity of a checkpoint in ``workdir`` (the latest by default)."""
+def restore_for_eval(config, workdir: str, step: Optional[int] = None, devices=None):
+    """(trainer, state, step) of a checkpoint in ``workdir`` (the latest by default), after
+    checking that the workdir was trained with this config's model and data."""
     trainer = Trainer(config, workdir, devices)
     check_workdir(workdir, trainer.exp)
     state, step = restore_checkpoint(trainer, workdir, step)
+    return trainer, state, step
+
+
+def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None, devices=None) -> dict:
+    """Validation loss / perplexity of a checkpoint in ``workdir`` (the latest by default)."""
+    trainer, state, step = restore_for_eval(config, workdir, step, devices)
     scores = {"step": step, **trainer.evaluate(state.params, trainer.eval_sets())}
     if jax.process_index() == 0:
         with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
