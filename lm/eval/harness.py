@@ -1,0 +1,202 @@
+"""lm-evaluation-harness model "lm": a trained ``lm`` run, evaluated on any lm_eval task.
+
+    python -m lm.eval.harness run --model lm --tasks hellaswag --output_path results/ \
+        --model_args workdir=RUN[,step=N][,batch_size=B][,seed=S]
+
+The lm_eval executable only knows the models listed inside its own package (lm_eval/models/
+__init__.py; its registry reads no entry points), so this module registers the adapter and then
+runs lm_eval's own command line, unchanged: every lm_eval flag works. In Python, importing this
+module is enough: ``lm_eval.simple_evaluate(model="lm", model_args="workdir=RUN", ...)``.
+
+The requests are answered by ``lm.eval.scoring.ModelScorer``; this module adds the model
+arguments, a progress bar and lm_eval's partial-results cache hook. It is the only module of
+``lm`` that imports lm_eval.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import lm_eval.models  # noqa: F401  (lm_eval's own models stay registered next to "lm")
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from lm_eval.utils import simple_parse_args_string
+from tqdm import tqdm
+
+from lm.eval.scoring import ModelScorer
+
+MODEL_NAME = "lm"
+MODEL_ARGS = ("workdir", "step", "batch_size", "seed")
+DEFAULT_BATCH_SIZE = 16
+HARNESS_DEFAULT_BATCH_SIZE = 1  # what lm_eval's --batch_size is when not given
+LATEST_STEP_WORDS = ("", "none", "latest")
+
+logger = logging.getLogger(__name__)
+
+
+@register_model(MODEL_NAME)
+class HarnessModel(LM):
+    """A trained ``lm`` workdir as an lm_eval model: its checkpoint at ``step`` (default: the
+    latest), scoring ``batch_size`` rows per call, sampling (if a task asks) from ``seed``."""
+
+    def __init__(self, workdir: str, step: Optional[int] = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0):
+        super().__init__()
+        self.workdir = workdir
+        self.batch_size = batch_size
+        self.scorer = ModelScorer.from_workdir(workdir, step=step, batch_size=batch_size, seed=seed)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str,
+                               additional_config: Optional[dict] = None) -> "HarnessModel":
+        """``workdir=RUN,step=N,batch_size=B,seed=S`` as lm_eval's --model_args gives it."""
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict,
+                            additional_config: Optional[dict] = None) -> "HarnessModel":
+        """The model from parsed --model_args. lm_eval also passes its own --batch_size,
+        --max_batch_size and --device here (always, defaults included), so they are read apart
+        from the model arguments instead of being keyword arguments that could collide."""
+        arguments = model_arguments(arg_dict)
+        if "batch_size" not in arguments:
+            arguments["batch_size"] = harness_batch_size(additional_config or {})
+        return cls(**arguments)
+
+    # ------------------------------------------------------------------------- requests
+
+    def loglikelihood(self, requests: Sequence,
+                      disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """(log p(continuation | context), whether greedy decoding gives the continuation)."""
+        return self._answer("loglikelihood", requests, disable_tqdm)
+
+    def loglikelihood_rolling(self, requests: Sequence, disable_tqdm: bool = False) -> list[float]:
+        """The log-likelihood of each whole document."""
+        return self._answer("loglikelihood_rolling", requests, disable_tqdm)
+
+    def generate_until(self, requests: Sequence, disable_tqdm: bool = False) -> list[str]:
+        """The continuation of each context, cut before the first stop string."""
+        return self._answer("generate_until", requests, disable_tqdm)
+
+    def _answer(self, request_type: str, requests: Sequence, disable_tqdm: bool) -> list:
+        """Answers the requests a batch at a time, so the progress bar moves during a long
+        evaluation. Requests go longest first (a too-large batch fails at once, not at the end)
+        and grouped by generation settings, so that each call to the scorer fills its batches;
+        each answer also goes to lm_eval's cache hook (``--use_cache``)."""
+        answer_batch: Callable[[list], list] = getattr(self.scorer, request_type)
+        order = sorted(range(len(requests)), key=lambda index: batching_key(requests[index]))
+        answers: list[Any] = [None] * len(requests)
+        with tqdm(total=len(requests), desc=f"lm {request_type}",
+                  disable=disable_tqdm or self.rank != 0) as progress:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                for index, answer in zip(chunk, answer_batch([requests[i] for i in chunk])):
+                    answers[index] = answer
+                    self.cache_hook.add_partial(request_type, request_arguments(requests[index]),
+                                                answer)
+                progress.update(len(chunk))
+        return answers
+
+    # ------------------------------------------------------------------------- lm_eval metadata
+
+    def get_model_info(self) -> dict:
+        """What lm_eval records in the results' config: which checkpoint was evaluated."""
+        scorer = self.scorer
+        return {"model_workdir": self.workdir, "model_step": scorer.step, "model_arch": scorer.arch,
+                "model_context_len": scorer.window, "model_batch_size": self.batch_size,
+                "model_num_parameters": sum(int(x.size) for x in jax.tree.leaves(scorer.params))}
+
+
+def model_arguments(arg_dict: dict) -> dict:
+    """The constructor's keyword arguments from --model_args, whose values may be strings or what
+    lm_eval's parser guessed (int, float, bool, None); refuses unknown or missing ones by name."""
+    unknown = sorted(set(arg_dict) - set(MODEL_ARGS))
+    if unknown:
+        raise ValueError(f"unknown model_args {unknown} for --model {MODEL_NAME}; expected "
+                         f"workdir=RUN[,step=N][,batch_size=B][,seed=S]")
+    workdir = arg_dict.get("workdir")
+    if workdir is None or str(workdir).strip() == "":
+        raise ValueError(f"--model {MODEL_NAME} needs model_args workdir=RUN: the training workdir "
+                         "(its config.json and checkpoints/)")
+    arguments: dict[str, Any] = {"workdir": str(workdir)}
+    if "step" in arg_dict:
+        arguments["step"] = checkpoint_step(arg_dict["step"])
+    if "batch_size" in arg_dict:
+        arguments["batch_size"] = integer_argument("batch_size", arg_dict["batch_size"], minimum=1)
+    if "seed" in arg_dict:
+        arguments["seed"] = integer_argument("seed", arg_dict["seed"])
+    return arguments
+
+
+def checkpoint_step(value) -> Optional[int]:
+    """A step number, or None (the latest checkpoint) for an empty value, 'none' or 'latest'."""
+    if value is None or str(value).strip().lower() in LATEST_STEP_WORDS:
+        return None
+    return integer_argument("step", value, minimum=0)
+
+
+def integer_argument(name: str, value, minimum: Optional[int] = None) -> int:
+    """``value`` as an int: lm_eval passes model_args as strings or as guessed types."""
+    number = None
+    if isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            pass
+    if number is None or (minimum is not None and number < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise ValueError(f"model_args {name}={value!r} is not an integer{bound}")
+    return number
+
+
+def harness_batch_size(harness_config: dict) -> int:
+    """The batch size when model_args has none: lm_eval's --batch_size if it is an integer other
+    than lm_eval's default of 1 (which would score one row per call), else DEFAULT_BATCH_SIZE.
+    --batch_size auto is not supported (the scorer does not probe memory)."""
+    value = harness_config.get("batch_size")
+    if value is None:
+        return DEFAULT_BATCH_SIZE
+    try:
+        number = int(str(value))
+    except ValueError:
+        logger.warning("--batch_size %r is not supported by --model %s; scoring %d rows per call "
+                       "(set model_args batch_size=B)", value, MODEL_NAME, DEFAULT_BATCH_SIZE)
+        return DEFAULT_BATCH_SIZE
+    if number == HARNESS_DEFAULT_BATCH_SIZE or number < 1:
+        return DEFAULT_BATCH_SIZE
+    return number
+
+
+def request_arguments(request) -> tuple:
+    """A request's arguments: an lm_eval Instance's ``args``, or the tuple (or lone document
+    string) that ModelScorer also accepts."""
+    if hasattr(request, "args"):
+        return tuple(request.args)
+    return (request,) if isinstance(request, str) else tuple(request)
+
+
+def batching_key(request) -> tuple[str, int]:
+    """Sorts requests into batches that suit the scorer: generation requests with the same
+    settings together (the scorer batches only those), then longest text first."""
+    arguments = request_arguments(request)
+    texts = [argument for argument in arguments if isinstance(argument, str)]
+    settings = [argument for argument in arguments if not isinstance(argument, str)]
+    return json.dumps(settings, sort_keys=True, default=str), -sum(len(text) for text in texts)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """lm_eval's own command line (``lm_eval.__main__.cli_evaluate``) with "lm" registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
