@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["lm", "lm.*", "configs", "configs.*",
                                     "experiments", "experiments.*", "launch", "launch.*"]),
-    package_data={"lm.data": ["corpora/*", "vocabs/*"]},
+    package_data={"lm.data": ["corpora/*", "vocabs/*"], "lm.instruct": ["data/*.jsonl"]},
     install_requires=[
         "jax>=0.7,<0.13",
         "flax>=0.12,<0.13",
