@@ -7,8 +7,9 @@ import sys
 
 from lm.configlib import ConfigError, unknown_key_message
 
-MODES = ("pretrain", "eval", "compile", "sample")
-TOP_LEVEL_KEYS = ("mode", "seed", "data", "model", "optimizer", "train", "mesh", "ngram", "sample", "eval")
+MODES = ("pretrain", "sft", "eval", "compile", "sample")
+TOP_LEVEL_KEYS = ("mode", "seed", "data", "model", "optimizer", "train", "mesh", "ngram", "sample", "eval",
+                  "sft", "peft", "init_from")
 
 
 def validate_top_level(config) -> None:

@@ -37,6 +37,9 @@ def main(argv) -> None:
     if mode == "pretrain":
         from lm.train.loop import pretrain
         result = pretrain(config, FLAGS.workdir)
+    elif mode == "sft":
+        from lm.train.sft import sft
+        result = sft(config, FLAGS.workdir)
     elif mode == "eval":
         from lm.eval.runner import evaluate_workdir
         result = evaluate_workdir(config, FLAGS.workdir)

@@ -6,15 +6,13 @@ the table goes to ``<workdir>/results.{csv,md}`` with PNG plots, and to stdout.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 import shlex
 import sys
 
 from absl import app, flags
 
 from launch import common
-from lm.configlib import ConfigError
+from lm.configlib import call_file_function
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Sweep file (path[:variant]) defining get_sweep(variant).")
@@ -27,16 +25,7 @@ flags.mark_flags_as_required(["config"])
 
 def load_sweep(spec: str):
     """``path[:variant]`` -> the Sweep its ``get_sweep(variant)`` returns."""
-    path, _, variant = spec.partition(":")
-    if not os.path.isfile(path):
-        raise ConfigError(f"--config={spec}: no sweep file {path}")
-    name = "sweep_" + os.path.splitext(os.path.basename(path))[0]
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-        raise ConfigError(f"--config={spec}: {path} defines no get_sweep(variant)")
-    return module.get_sweep(variant)
+    return call_file_function(spec, "get_sweep")
 
 
 def main(argv) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
+import os
 from typing import Any, Mapping, TypeVar
 
 T = TypeVar("T")
@@ -45,3 +47,18 @@ def from_section(cls: type[T], section: Any, where: str) -> T:
         return cls(**values)
     except TypeError as e:  # missing required field
         raise ConfigError(f"{where}: {e}") from None
+
+
+def call_file_function(spec: str, function: str, flag: str = "--config"):
+    """``path[:variant]`` -> what ``function(variant)`` of the Python file at ``path`` returns
+    (experiment files define ``get_config``, sweep files ``get_sweep``)."""
+    path, _, variant = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{flag}={spec}: no file {path}")
+    name = "config_" + os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, function):
+        raise ConfigError(f"{flag}={spec}: {path} defines no {function}(variant)")
+    return getattr(module, function)(variant)

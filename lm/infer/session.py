@@ -13,6 +13,10 @@ import jax
 from lm.configlib import ConfigError, from_section
 from lm.infer.decode import DecodeSettings, check_request, generate_text
 
+# How a prompt is wrapped: as typed, as an instruction (lm.instruct's task template), or as one
+# user turn of lm.instruct's chat template; the model answers until EOS ends its response.
+TEMPLATES = ("", "instruction", "chat")
+
 
 @dataclasses.dataclass(frozen=True)
 class SampleConfig:
@@ -28,10 +32,24 @@ class SampleConfig:
     stop: str = ""                    # stop strings separated by '|'; '' = none
     stop_at_eos: bool = True          # the vocabulary's EOS id ends a continuation
     seed: int = 0
+    template: str = ""                # '' (raw text) | instruction | chat: how each prompt is wrapped
 
     @classmethod
     def from_config(cls, section) -> "SampleConfig":
-        return from_section(cls, section or {}, "config.sample")
+        cfg = from_section(cls, section or {}, "config.sample")
+        if cfg.template not in TEMPLATES:
+            raise ConfigError(f"config.sample.template={cfg.template!r}: use one of {', '.join(map(repr, TEMPLATES))}")
+        return cfg
+
+    def wrap(self, prompt: str) -> str:
+        """The prompt as an instruction-tuned model saw its questions in training."""
+        if self.template == "instruction":
+            from lm.instruct.instances import INSTRUCTION_TEMPLATE
+            return INSTRUCTION_TEMPLATE.format({"instruction": prompt, "input": "", "output": "-"}).prompt
+        if self.template == "chat":
+            from lm.instruct.chat import chat_prompt
+            return chat_prompt([{"role": "user", "content": prompt}])
+        return prompt
 
     def settings(self, eos_id: int) -> DecodeSettings:
         return DecodeSettings(
@@ -72,11 +90,11 @@ def sample_workdir(config, workdir: str, interactive: bool = False,
     context = min(trainer.exp.data.seq_len, trainer.exp.model.max_len)
     prompts = _lines(stdin or sys.stdin) if interactive else [sample.prompt]
     if not interactive:
-        _check(trainer.exp.model, vocab, sample.prompt, settings, context)
+        _check(trainer.exp.model, vocab, sample.wrap(sample.prompt), settings, context)
     state, step = restore_checkpoint(trainer, workdir)
     params = jax.device_get(state.params)
     count = 0
-    for prompt in prompts:
+    for prompt in map(sample.wrap, prompts):
         try:
             _check(trainer.exp.model, vocab, prompt, settings, context)
         except ConfigError as e:

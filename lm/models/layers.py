@@ -21,6 +21,11 @@ def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Sequence[Optional[st
                      out_sharding=tuple(axes), eager_sharding=False)
 
 
+def fold(rng: Optional[jax.Array], i: int) -> Optional[jax.Array]:
+    """An independent stream ``i`` of ``rng`` (None stays None: no dropout)."""
+    return None if rng is None else jax.random.fold_in(rng, i)
+
+
 def dropout(x: jax.Array, rate: float, rng: Optional[jax.Array]) -> jax.Array:
     """Inverted dropout; a no-op without an rng (evaluation) or at rate 0."""
     if rate == 0.0 or rng is None:
@@ -33,7 +38,8 @@ class Dense(nnx.Module):
     """y = x @ W (+ b) contracting the last ``len(in_shape)`` axes of x.
 
     ``in_shape``/``out_shape`` may be multi-dimensional (e.g. out (heads, head_dim)) so that
-    parameters keep per-head axes that the rules table can shard.
+    parameters keep per-head axes that the rules table can shard. ``lora``, when lm.peft attaches
+    LoRA factors, adds their low-rank update (its dropout draws from the call's ``rng``).
     """
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int],
@@ -46,11 +52,15 @@ class Dense(nnx.Module):
                             tuple(in_axes) + tuple(out_axes), cfg.param_dtype)
         self.bias = (param(rngs, jax.nn.initializers.zeros, self.out_shape, out_axes,
                            cfg.param_dtype) if cfg.use_bias else None)
+        self.lora = nnx.data(None)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, rng: Optional[jax.Array] = None) -> jax.Array:
         n_in = len(self.in_shape)
         batch_shape = x.shape[: x.ndim - n_in]
-        y = matmul_2d(x.astype(self.dtype), self.kernel[...].astype(self.dtype), n_in)
+        x = x.astype(self.dtype)
+        y = matmul_2d(x, self.kernel[...].astype(self.dtype), n_in)
+        if self.lora is not None:
+            y = y + self.lora(x, rng)
         y = y.reshape(*batch_shape, *self.out_shape)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
@@ -122,8 +132,9 @@ class MLP(nnx.Module):
         self.wo = Dense((f,), (d,), ("mlp",), ("embed",), cfg=cfg, rngs=rngs, std=out_std)
 
     def __call__(self, x_btd: jax.Array, rng: Optional[jax.Array] = None) -> jax.Array:
-        h_btf = self.activation(self.wi(x_btd))
+        # Streams 1-3 of ``rng`` are the LoRA branches' dropout (lm.peft); ``rng`` itself the output's.
+        h_btf = self.activation(self.wi(x_btd, fold(rng, 1)))
         if self.gated:
-            h_btf = h_btf * self.wi_up(x_btd)
+            h_btf = h_btf * self.wi_up(x_btd, fold(rng, 2))
         h_btf = constrain(h_btf, ("activation_batch", "activation_length", "activation_mlp"))
-        return dropout(self.wo(h_btf), self.rate, rng)
+        return dropout(self.wo(h_btf, fold(rng, 3)), self.rate, rng)

@@ -63,6 +63,7 @@ def evaluate_train(config, workdir: str, devices=None) -> dict:
 RUNNERS: dict[str, Runner] = {
     "train": Runner(run_train, validate_train, evaluate_train),
     "ngram": Runner("lm.baselines.run:run_ngram", "lm.baselines.run:validate_ngram"),
+    "sft": Runner("lm.train.sft:run_sft", "lm.train.sft:validate_sft"),
 }
 
 

@@ -54,7 +54,7 @@ class Experiment:
         data = data_lib.DataConfig.from_config(config.data)
         mesh = MeshConfig.from_config(config.mesh)
         # Validated only after the derived fields (vocabulary size, stage count) are filled in.
-        model = from_section(ModelConfig, config.model, "config.model")
+        model = _model_config(config)
         needed = data_lib.vocab_size(data)
         if model.vocab_size == 0:
             model = dataclasses.replace(model, vocab_size=needed)
@@ -69,6 +69,19 @@ class Experiment:
                    train=TrainConfig.from_config(config.train), mesh=mesh, seed=int(config.seed))
 
 
+def _model_config(config) -> ModelConfig:
+    """config.model with its PEFT method from config.peft (a saved config.json also carries it
+    inside the model section; config.peft wins)."""
+    from lm.configlib import _as_mapping
+    from lm.peft import PeftConfig
+
+    section = dict(_as_mapping(config.model))
+    nested = section.pop("peft", None)
+    peft = config.get("peft") if config.get("peft") is not None else nested
+    model = from_section(ModelConfig, section, "config.model")
+    return dataclasses.replace(model, peft=from_section(PeftConfig, peft, "config.peft").validated())
+
+
 def _check_architecture(model: ModelConfig, data: data_lib.DataConfig) -> None:
     """The objectives must fit the architecture; only decoder stacks are pipelined."""
     from lm.data import objectives
@@ -79,6 +92,11 @@ def _check_architecture(model: ModelConfig, data: data_lib.DataConfig) -> None:
     if model.pipelined and model.arch not in ("decoder", "prefix_decoder", "encoder"):
         raise ConfigError(f"config.model.arch={model.arch!r} has no pipelined form; pipeline "
                           f"parallelism (config.mesh.pipeline > 1) runs decoder and encoder stacks")
+    prompt = model.peft.prompt_length if model.peft.method == "prompt" else 0
+    if model.positions == "learned" and prompt and data.seq_len + prompt > model.max_len:
+        raise ConfigError(f"config.peft.method='prompt': the {prompt} soft-prompt positions and "
+                          f"config.data.seq_len={data.seq_len} exceed config.model.max_len={model.max_len} "
+                          f"(learned positions); set config.data.seq_len <= {model.max_len - prompt}")
     if model.positions == "learned":
         for name in {data.objective, data.eval_objective or data.objective}:
             length = objectives.feature_length(objectives.objective_config(data, 0, name), model.arch)

@@ -24,6 +24,8 @@ from lm.parallel import sharding as shd
 from lm.parallel.axes import axis_rules
 from lm.parallel.pipeline import bubble_fraction
 from lm.parallel.rules import layout as named_layout
+from lm.peft.optim import frozen
+from lm.peft.params import trainable_mask
 from lm.train import hardware
 from lm.train.checkpoint import Checkpointer, CheckpointError
 from lm.train.metrics import MetricsWriter, flops_per_token
@@ -49,10 +51,13 @@ class Trainer:
         self.rules = self.layout.params  # parameters and activations
         self.batch_sharding = shd.batch_sharding(self.mesh, self.rules)
         check_layout(exp, self.mesh, self.batch_sharding)
-        self.optimizer = make_optimizer(exp.optimizer, exp.train.steps)
         self.schedule = make_schedule(exp.optimizer, exp.train.steps)
         self.graphdef, abstract_state = abstract_model(exp.model)
         self.num_params = param_count(abstract_state)
+        self.trainable = peft_trainable(abstract_state.to_pure_dict(), exp.model.peft)
+        self.optimizer = make_optimizer(exp.optimizer, exp.train.steps)
+        if self.trainable is not None:  # PEFT: frozen leaves get no update and no optimizer state
+            self.optimizer = frozen(self.optimizer, self.trainable)
         position = exp.model.max_len * exp.model.d_model if exp.model.positions == "learned" else 0
         self.flops_per_token = flops_per_token(exp.model, self.num_params, position, exp.data.seq_len)
         self.shardings = state_shardings(abstract_state, self.optimizer, self.mesh, self.layout)
@@ -66,6 +71,15 @@ class Trainer:
         self.eval_step = jax.jit(self._with_rules(make_eval_step(self.graphdef, exp.data.packing)),
                                  in_shardings=(self.shardings.params, self.batch_sharding),
                                  out_shardings=shd.replicated(self.mesh))
+
+    def peft_summary(self) -> dict:
+        """The trained share of the model: method, trainable parameters, optimizer-state bytes."""
+        params = self.abstract_state.params
+        trainable = (self.num_params if self.trainable is None else
+                     sum(int(p.size) for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(self.trainable)) if t))
+        opt_bytes = sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(self.abstract_state.opt_state))
+        return {"peft/method": self.exp.model.peft.method, "peft/trainable_params": trainable,
+                "peft/optimizer_state_bytes": opt_bytes}
 
     @property
     def schedule_metrics(self) -> dict:
@@ -153,6 +167,12 @@ class Trainer:
         return train.sample_prompt + vocab.decode(tokens)
 
 
+def peft_trainable(params: dict, peft):
+    """Which parameters a PEFT method trains, or None when every parameter trains ('none' is
+    ordinary training, 'full' full fine-tuning)."""
+    return None if peft.method in ("none", "full") else trainable_mask(params, peft)
+
+
 def _scores(prefix: str, loss_sum: float, weight_sum: float) -> dict:
     loss = loss_sum / max(weight_sum, 1.0)
     return {f"{prefix}/loss": loss, f"{prefix}/perplexity": math.exp(min(loss, 50.0)),
@@ -176,7 +196,7 @@ def pretrain(config, workdir: str, devices=None) -> dict:
         writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
         eval_sets = trainer.eval_sets()
         try:
-            final = _train_loop(trainer, state, train_iter, eval_sets, checkpointer, writer)
+            final, _ = _train_loop(trainer, state, train_iter, eval_sets, checkpointer, writer)
         finally:
             writer.close()
     finally:
@@ -199,7 +219,7 @@ def _restore_or_init(trainer: Trainer, checkpointer: Checkpointer, train_iter) -
 
 
 def _train_loop(trainer: Trainer, state: TrainState, train_iter, eval_sets, checkpointer,
-                writer: MetricsWriter) -> dict:
+                writer: MetricsWriter) -> tuple[dict, TrainState]:
     exp, cfg = trainer.exp, trainer.exp.train
     start = int(state.step)
     tokens_per_step = exp.data.batch_size * exp.data.seq_len
@@ -237,7 +257,7 @@ def _train_loop(trainer: Trainer, state: TrainState, train_iter, eval_sets, chec
     checkpointer.wait()
     final["step"] = int(state.step)
     final["num_params"] = trainer.num_params
-    return final
+    return final, state
 
 
 def _eval_and_sample(trainer: Trainer, state, eval_sets, writer, step: int, bar) -> dict:

@@ -14,7 +14,7 @@ from lm.train.experiment import Experiment
 _PARAMETER_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads",
                      "head_dim", "d_ff", "max_len", "positions", "norm", "mlp", "block",
                      "tie_embeddings", "use_bias", "scan_layers", "param_dtype",
-                     "pipeline_stages", "pipeline_repeats")
+                     "pipeline_stages", "pipeline_repeats", "peft")
 
 
 def check_workdir(workdir: str, exp: Experiment) -> None:

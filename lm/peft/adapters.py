@@ -1,0 +1,46 @@
+"""Bottleneck adapters (Houlsby et al. 2019): after the attention and after the MLP of every
+block, the sublayer's output y becomes y + up(gelu(down(y))) before the residual add.
+
+``down`` [D, A] starts like the model's other weights (normal, init_std), ``up`` [A, D] and both
+biases at zero, so a new adapter is the identity and a new adapter model computes exactly what
+its base model computes. Parameters: ``<block>/adapter_attention/{down,down_bias,up,up_bias}``
+and the same under ``adapter_mlp``; D is named 'embed' (sharded like the residual stream's
+weights), the bottleneck axis is unnamed (replicated).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lm.models.config import ModelConfig
+from lm.models.layers import matmul_2d
+from lm.peft.stacking import NO_LEAD, Lead, leading_axes, stacked_param
+
+
+class Adapter(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, lead: Lead = NO_LEAD):
+        d, a = cfg.d_model, cfg.peft.adapter_dim
+        zeros, dtype = jax.nn.initializers.zeros, cfg.param_dtype
+        self.dtype = jnp.dtype(cfg.dtype)
+        self.down = stacked_param(rngs, jax.nn.initializers.normal(cfg.init_std), lead, (d, a),
+                                  ("embed", None), dtype)
+        self.down_bias = stacked_param(rngs, zeros, lead, (a,), (None,), dtype)
+        self.up = stacked_param(rngs, zeros, lead, (a, d), (None, "embed"), dtype)
+        self.up_bias = stacked_param(rngs, zeros, lead, (d,), ("embed",), dtype)
+
+    def __call__(self, y_btd: jax.Array) -> jax.Array:
+        def dense(x, kernel, bias):
+            return matmul_2d(x, kernel[...].astype(self.dtype), 1) + bias[...].astype(self.dtype)
+        h_na = jax.nn.gelu(dense(y_btd, self.down, self.down_bias), approximate=False)
+        return y_btd + dense(h_na, self.up, self.up_bias).reshape(y_btd.shape)
+
+
+def attach_adapters(model: nnx.Module, cfg: ModelConfig, rngs: nnx.Rngs) -> None:
+    """An attention adapter and an MLP adapter in every block of ``model.blocks`` (a list of
+    blocks, or one block whose parameters are stacked over the layers)."""
+    blocks = model.blocks if isinstance(model.blocks, nnx.List) else [model.blocks]
+    for block in blocks:
+        lead = leading_axes(block.attn_norm.scale, 1)  # [*lead, D]
+        block.adapter_attention = Adapter(cfg, rngs, lead)
+        block.adapter_mlp = Adapter(cfg, rngs, lead)
