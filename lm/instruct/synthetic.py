@@ -175,6 +175,7 @@ class SelfInstructReport:
     prompts: int = 0
     accepted: int = 0
     rejected: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # reason -> n
+    tasks: list = dataclasses.field(default_factory=list)  # the accepted {'instruction', 'input', 'output'} rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +227,7 @@ def self_instruct_with_report(seed_tasks, generate: Generate, rounds: int = 1, p
                 report.rejected[reason] += 1
                 continue
             pool.append(task)
+            report.tasks.append(task)
             accepted.append(format_task_row(task, len(pool) - 1, settings.template))
     report.accepted = len(accepted)
     return accepted, report
