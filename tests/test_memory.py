@@ -43,7 +43,7 @@ def test_fsdp8_parameters_and_optimizer_state_at_most_a_sixth(capsys):
     assert fsdp <= one / 6
 
 
-@pytest.mark.parametrize("devices,mesh", [(1, {}), (8, dict(data=1, fsdp=8))])
+@pytest.mark.parametrize("devices,mesh", [(1, {}), pytest.param(8, dict(data=1, fsdp=8), marks=pytest.mark.slow)])
 def test_full_remat_reduces_temporaries(devices, mesh):
     none = _report(devices, "none", **mesh)["temp_bytes_per_device"]
     full = _report(devices, "full", **mesh)["temp_bytes_per_device"]

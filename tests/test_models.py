@@ -249,7 +249,7 @@ def _logits_loss_and_grads(model, toks, dropout_rng=None):
     return np.asarray(logits), float(loss), jax.tree.map(np.asarray, grads.to_pure_dict())
 
 
-@pytest.mark.parametrize("scan", [False, True], ids=["list", "scan"])
+@pytest.mark.parametrize("scan", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["list", "scan"])
 def test_remat_gives_identical_logits_and_gradients(scan):
     """Rematerialisation changes what is stored, not what is computed. With dropout on, the
     recomputed forward pass must draw the same masks."""

@@ -37,7 +37,7 @@ def _last_losses(workdir):
 
 
 @pytest.mark.parametrize("multi_mesh", [
-    ["--config.mesh.data=-1"],
+    pytest.param(["--config.mesh.data=-1"], marks=pytest.mark.slow),  # the DCN case covers two processes
     # The data axis across hosts (DCN), through mesh_utils.create_hybrid_device_mesh.
     ["--config.mesh.data=1", "--config.mesh.dcn_data=2"],
 ])

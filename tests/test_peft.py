@@ -204,7 +204,8 @@ def test_lora_dropout_draws_only_with_an_rng():
 # ----------------------------------------------------------------------------- merge and unmerge
 
 
-@pytest.mark.parametrize("model", [dict(), dict(scan_layers=True, tie_embeddings=False, mlp="swiglu")],
+@pytest.mark.parametrize("model", [dict(), pytest.param(dict(scan_layers=True, tie_embeddings=False, mlp="swiglu"),
+                                                         marks=pytest.mark.slow)],
                          ids=["list", "scan-untied-swiglu"])
 def test_merged_lora_equals_unmerged_and_unmerge_inverts_merge(model):
     cfg = config("lora", dict(lora_targets=ALL_KERNELS, lora_rank=4, lora_alpha=8.0), **model)

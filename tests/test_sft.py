@@ -67,7 +67,7 @@ def _leaves(params) -> dict:
             for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("method", [pytest.param("full", marks=pytest.mark.slow), "lora"])
 def test_sft_from_a_pretrained_run(tmp_path, method):
     from lm.eval.scoring import ModelScorer
 

@@ -93,7 +93,12 @@ def _max_relative_error(a, b):
     return worst
 
 
-@pytest.mark.parametrize("name", list(LAYOUTS))
+# The circular schedule is also compared sharded in test_pipeline.py.
+SLOW_LAYOUTS = ("pipeline=4,data=2 circular",)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_LAYOUTS else n
+                                  for n in LAYOUTS])
 def test_layout_matches_one_device(name):
     (ref_loss, ref_grads), (ref_losses, ref_params) = _reference(
         name if name in PIPELINE_MODELS else "")

@@ -47,7 +47,7 @@ def _interrupting(make_iterator, after: int):
     return make
 
 
-@pytest.mark.parametrize("backend", ["synthetic", "array"])
+@pytest.mark.parametrize("backend", [pytest.param("synthetic", marks=pytest.mark.slow), "array"])
 def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, backend):
     config = small_config(steps=8, dropout=0.1)
     config.data.backend = backend
@@ -189,7 +189,7 @@ def test_empty_corpus_file_fails_clearly(tmp_path):
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
-@pytest.mark.parametrize("repeats,microbatches", [(1, 4), (2, 4)])
+@pytest.mark.parametrize("repeats,microbatches", [(1, 4), pytest.param(2, 4, marks=pytest.mark.slow)])
 def test_bubble_fraction_is_logged(tmp_path, repeats, microbatches):
     config = small_config(steps=2, num_layers=8, pipeline_microbatches=microbatches,
                           pipeline_repeats=repeats)
