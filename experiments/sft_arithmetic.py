@@ -16,6 +16,7 @@ Variants: '' (full fine-tuning), 'smoke' (a few steps, for tests).
 import ml_collections
 
 from experiments import shakespeare_char
+from lm.peft.config import DEFAULT_LORA_TARGETS
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -39,6 +40,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.peft.lora_rank = 8
     config.peft.lora_alpha = 16.0
     config.peft.lora_dropout = 0.0
+    config.peft.lora_targets = DEFAULT_LORA_TARGETS  # regex over dense kernel paths: q, k, v, out
     config.peft.adapter_dim = 16
     config.peft.prefix_length = 8
     config.peft.prefix_hidden = 0

@@ -4,7 +4,8 @@
 
 Every variant starts from the demo's checkpoint (runs/demo, pretrained first when missing) and
 instruction-tunes it on synthetic 2-digit addition (experiments/sft_arithmetic.py) for the same
-number of steps: full fine-tuning, LoRA (rank 8 on the attention projections), bottleneck
+number of steps: full fine-tuning, LoRA (rank 8 on the attention projections, and on the
+attention and MLP projections), bottleneck
 adapters (width 16 after attention and MLP), prefix tuning (8 key/value prefixes per layer,
 reparameterized by an MLP) and prompt tuning (8 soft-prompt vectors). Each method gets its usual
 learning rate (small updates for full fine-tuning, large ones for the few prompt parameters).
@@ -17,12 +18,14 @@ from experiments import sft_arithmetic
 from lm.configlib import ConfigError
 from lm.sweep import Plot, Sweep, Variant
 
-METHODS = [  # (method, learning rate, extra overrides)
-    ("full", 1e-3, {}),
-    ("lora", 3e-3, {"peft.lora_rank": 8, "peft.lora_alpha": 16.0}),
-    ("adapter", 3e-3, {"peft.adapter_dim": 16}),
-    ("prefix", 1e-2, {"peft.prefix_length": 8, "peft.prefix_hidden": 64}),
-    ("prompt", 3e-2, {"peft.prompt_length": 8, "data.seq_len": 56}),  # 8 + 56 positions fit max_len 64
+METHODS = [  # (variant, method, learning rate, extra overrides)
+    ("full", "full", 1e-3, {}),
+    ("lora", "lora", 3e-3, {"peft.lora_rank": 8, "peft.lora_alpha": 16.0}),
+    ("lora_mlp", "lora", 1e-2, {"peft.lora_rank": 8, "peft.lora_alpha": 16.0,
+                                "peft.lora_targets": r".*(attention|mlp)/.*kernel"}),
+    ("adapter", "adapter", 3e-3, {"peft.adapter_dim": 16}),
+    ("prefix", "prefix", 1e-2, {"peft.prefix_length": 8, "peft.prefix_hidden": 64}),
+    ("prompt", "prompt", 3e-2, {"peft.prompt_length": 8, "data.seq_len": 56}),  # 8 + 56 positions fit max_len 64
 ]
 
 
@@ -31,9 +34,9 @@ def get_sweep(variant: str = "") -> Sweep:
         raise ConfigError(f"unknown variant {variant!r} of the peft sweep; use ''")
     base = sft_arithmetic.get_config()
     base.train.keep_checkpoints = 1
-    variants = [Variant(method, {"peft.method": method, "optimizer.lr": lr, "optimizer.min_lr": lr / 10,
-                                 **extra}, runner="sft")
-                for method, lr, extra in METHODS]
+    variants = [Variant(name, {"peft.method": method, "optimizer.lr": lr, "optimizer.min_lr": lr / 10,
+                               **extra}, runner="sft")
+                for name, method, lr, extra in METHODS]
     description = (
         f"PEFT methods against full fine-tuning: the demo model ({base.model.num_layers} layers, "
         f"d_model {base.model.d_model}, pretrained on the Shakespeare characters) instruction-tuned "
