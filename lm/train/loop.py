@@ -196,7 +196,7 @@ def pretrain(config, workdir: str, devices=None) -> dict:
         writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
         eval_sets = trainer.eval_sets()
         try:
-            final, _ = _train_loop(trainer, state, train_iter, eval_sets, checkpointer, writer)
+            final, _ = train_loop(trainer, state, train_iter, eval_sets, checkpointer, writer)
         finally:
             writer.close()
     finally:
@@ -218,7 +218,7 @@ def _restore_or_init(trainer: Trainer, checkpointer: Checkpointer, train_iter) -
     return state
 
 
-def _train_loop(trainer: Trainer, state: TrainState, train_iter, eval_sets, checkpointer,
+def train_loop(trainer: Trainer, state: TrainState, train_iter, eval_sets, checkpointer,
                 writer: MetricsWriter) -> tuple[dict, TrainState]:
     exp, cfg = trainer.exp, trainer.exp.train
     start = int(state.step)

@@ -36,7 +36,7 @@ OVERFLOW_POLICIES = ("skip", "error")
 class SFTConfig:
     """``config.sft``: the instruction data and the before/after evaluation."""
     mixture: str = "arithmetic"       # 'name[*weight],...' of lm.instruct.datasets names
-    train_instances: int = 20000      # instances drawn from the mixture (by weight)
+    train_instances: int = 7000       # instances drawn from the mixture (by weight)
     eval_data: str = "arithmetic"     # held-out instances (the 'validation' split)
     eval_instances: int = 200
     pack: bool = False                # several instances per row (segment ids)
@@ -213,7 +213,7 @@ def sft(config, workdir: str, devices=None) -> dict:
     """Fine-tunes ``config`` in ``workdir`` (resuming from its own checkpoint if it has one)."""
     from lm.instruct.datasets import instruction_dataset
     from lm.instruct.rows import batches, instruction_rows
-    from lm.train.loop import Trainer, _train_loop
+    from lm.train.loop import Trainer, train_loop
     from lm.train.metrics import MetricsWriter
     from lm.train.plot import plot_losses
 
@@ -254,7 +254,7 @@ def sft(config, workdir: str, devices=None) -> dict:
         writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
         start = time.perf_counter()
         try:
-            final, state = _train_loop(trainer, state, train_iter, eval_sets, checkpointer, writer)
+            final, state = train_loop(trainer, state, train_iter, eval_sets, checkpointer, writer)
         finally:
             writer.close()
     finally:
