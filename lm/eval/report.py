@@ -1,5 +1,5 @@
 """The evaluation report in a workdir: ``eval/step<N>.json``, ``eval/step<N>.md`` and
-``eval/step<N>_samples/<task>.jsonl``, each written atomically (temporary file, then rename)."""
+``eval/step<N>_samples/<task>.jsonl``, each written atomically (lm.fileio)."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,7 @@ import os
 from typing import Mapping, Sequence
 
 from lm.eval.tasks import EvalTask
+from lm.fileio import write_atomically
 
 # Metrics where lower is better, marked in the table so nobody reads them the wrong way round.
 LOWER_IS_BETTER = ("word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity", "loss",
@@ -15,16 +16,14 @@ LOWER_IS_BETTER = ("word_perplexity", "byte_perplexity", "bits_per_byte", "token
 
 def write(directory: str, step: int, validation: Mapping, tasks: Sequence[EvalTask],
           results: Mapping[str, Mapping[str, float]], samples: Mapping[str, list[dict]]) -> None:
-    os.makedirs(directory, exist_ok=True)
     summary = {"step": step, "validation": {k: v for k, v in validation.items() if k != "step"},
                "tasks": {t.name: {"kind": t.kind, "rows": len(t.rows), "metrics": dict(results[t.name])}
                          for t in tasks}}
-    atomic_write(os.path.join(directory, f"step{step}.json"), json.dumps(summary, indent=2) + "\n")
-    atomic_write(os.path.join(directory, f"step{step}.md"), markdown_table(step, tasks, results))
+    write_atomically(os.path.join(directory, f"step{step}.json"), json.dumps(summary, indent=2) + "\n")
+    write_atomically(os.path.join(directory, f"step{step}.md"), markdown_table(step, tasks, results))
     sample_dir = os.path.join(directory, f"step{step}_samples")
-    os.makedirs(sample_dir, exist_ok=True)
     for name, rows in samples.items():
-        atomic_write(os.path.join(sample_dir, f"{name}.jsonl"),
+        write_atomically(os.path.join(sample_dir, f"{name}.jsonl"),
                       "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
@@ -36,10 +35,3 @@ def markdown_table(step: int, tasks: Sequence[EvalTask], results: Mapping[str, M
             arrow = " (lower is better)" if metric in LOWER_IS_BETTER else ""
             lines.append(f"| {task.name} | {task.kind} | {len(task.rows)} | {metric}{arrow} | {value:.4f} |")
     return "\n".join(lines) + "\n"
-
-
-def atomic_write(path: str, text: str) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(temporary, path)

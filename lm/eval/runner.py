@@ -25,6 +25,7 @@ from lm.configlib import ConfigError, from_section
 from lm.eval import report
 from lm.eval.scoring import ModelScorer
 from lm.eval.tasks import EvalConfig, EvalTask, build_tasks
+from lm.fileio import write_atomically
 from lm.infer.decode import DecodeSettings, truncate_at_stop
 
 log = logging.getLogger("lm.eval")
@@ -47,7 +48,7 @@ def evaluate_workdir(config, workdir: str, step: Optional[int] = None, devices=N
         return scores
     if cfg.task_names:
         scores.update(_task_scores(config, cfg, trainer, state, scores, workdir))
-    report.atomic_write(os.path.join(workdir, f"eval_step{step}.json"), json.dumps(scores, indent=2) + "\n")
+    write_atomically(os.path.join(workdir, f"eval_step{step}.json"), json.dumps(scores, indent=2) + "\n")
     return scores
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Callable, Sequence
+
+from lm.fileio import write_atomically
 
 TASK_END = "\n\n"  # the separator between tasks in a self-instruct prompt
 
@@ -45,13 +46,11 @@ def read_seed_tasks(path: str) -> list[dict]:
 def bootstrap(scorer, seed_tasks: list[dict], out: str, rounds: int, per_round: int, seed: int,
               max_new_tokens: int, temperature: float):
     """Runs self-instruct with ``scorer`` and writes the accepted tasks to ``out`` (atomically)."""
-    from lm.eval.report import atomic_write
     from lm.instruct.synthetic import self_instruct_with_report
 
     generate = scorer_generator(scorer, max_new_tokens, temperature)
     _, report = self_instruct_with_report(seed_tasks, generate, rounds, per_round, seed, vocab=scorer.vocab)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    atomic_write(out, "".join(json.dumps(task, ensure_ascii=False) + "\n" for task in report.tasks))
+    write_atomically(out, "".join(json.dumps(task, ensure_ascii=False) + "\n" for task in report.tasks))
     return report
 
 

@@ -19,15 +19,14 @@ import dataclasses
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from typing import Any, Iterator
 
 import jax
 import numpy as np
 from flax import nnx
 
+from lm.fileio import write_atomically
 from lm.models.config import ModelConfig
 from lm.peft.config import PeftConfig
 from lm.peft.counts import base_parameter_count, closed_form_trainable_count  # noqa: F401 (API)
@@ -187,23 +186,7 @@ def save_adapter(path: str, params: dict, model_cfg: ModelConfig) -> None:
                 "parameters": entries}
     buffer = io.BytesIO()
     np.savez(buffer, **{_METADATA: np.asarray(json.dumps(metadata))}, **arrays)
-    _atomic_write(path, buffer.getvalue())
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_atomically(path, buffer.getvalue())
 
 
 def load_adapter(path: str) -> tuple[dict, PeftConfig]:

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import time
 from typing import Optional
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from lm.configlib import ConfigError, from_section
 from lm.data import pipeline as data_lib
+from lm.fileio import write_atomically
 from lm.train.checkpoint import Checkpointer, CheckpointError
 from lm.train.workdir import check_workdir, save_config
 
@@ -118,13 +118,11 @@ def eval_row_batches(arrays: dict[str, np.ndarray], batch_size: int) -> list[dic
 
 # ----------------------------------------------------------------------------- exact match
 
-_NUMBER = re.compile(r"-?\d+")
-
-
 def final_answer(text: str) -> str:
     """The last number of a response (a rationale ends with its answer), else the stripped text."""
-    numbers = _NUMBER.findall(text)
-    return numbers[-1] if numbers else text.strip()
+    from lm.prompting.answers import extract_answer
+
+    return extract_answer(text, "number") or text.strip()
 
 
 def answer_scores(trainer, params, instances, max_new_tokens: int, batch_size: int) -> tuple[dict, list[dict]]:
@@ -297,10 +295,8 @@ def _before(workdir: str, before: Optional[dict]) -> dict:
 
 
 def _write_results(workdir: str, trainer, state, result: dict, samples: list[dict]) -> None:
-    from lm.eval.report import atomic_write
-
-    atomic_write(os.path.join(workdir, "sft_result.json"), json.dumps(result, indent=2, sort_keys=True) + "\n")
-    atomic_write(os.path.join(workdir, "sft_answers.jsonl"), "".join(json.dumps(s) + "\n" for s in samples))
+    write_atomically(os.path.join(workdir, "sft_result.json"), json.dumps(result, indent=2, sort_keys=True) + "\n")
+    write_atomically(os.path.join(workdir, "sft_answers.jsonl"), "".join(json.dumps(s) + "\n" for s in samples))
     if trainer.exp.model.peft.method not in ("none", "full"):
         from lm.peft.params import save_adapter
 

@@ -3,17 +3,14 @@ crash never leaves a half-written shard and never touches the shards already wri
 from __future__ import annotations
 
 import json
-import os
 import pathlib
+
+from lm import fileio
 
 
 def write_atomically(path: pathlib.Path, data: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", errors="surrogatepass") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the whole new one
+    # Text may hold lone surrogates from undecodable input bytes: written back as they came.
+    fileio.write_atomically(path, data.encode("utf-8", "surrogatepass"))
 
 
 class ShardWriter:
