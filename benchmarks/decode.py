@@ -5,7 +5,8 @@ sampler without a cache (lm/infer/sample.py), batch 1 and 32, for a tiny_char-si
 
 Both paths sample at temperature 0.8 from the same random-initialised model; each is compiled
 and run once before the timed runs (best of ``--repeats``). Without the cache every new token
-re-reads a window of prompt + new tokens, as the training-time sampler did.
+re-reads a window of prompt + new tokens, as the training-time sampler did. The last lines give
+the cached tokens/s of the largest batch over the smallest, and cached over uncached per batch.
 """
 from __future__ import annotations
 
@@ -87,10 +88,22 @@ def main() -> None:
           f"jax {jax.__version__} on {jax.devices()[0].platform}; tiny_char (4 layers, d_model 128, "
           f"vocab {VOCAB}), prompt {args.prompt_len}, {args.new_tokens} new tokens")
     print(f"{'batch':>5}  {'with cache tok/s':>16}  {'without cache tok/s':>19}  {'speedup':>7}")
+    rows = []
     for batch in map(int, args.batches.split(",")):
-        row = run(batch, args.prompt_len, args.new_tokens, args.repeats)
+        rows.append(run(batch, args.prompt_len, args.new_tokens, args.repeats))
+        row = rows[-1]
         print(f"{row['batch']:>5}  {row['with_cache']:>16,.0f}  {row['without_cache']:>19,.0f}  "
               f"{row['speedup']:>6.1f}x", flush=True)
+    print_ratios(rows)
+
+
+def print_ratios(rows: list[dict]) -> None:
+    """Cached tokens/s of the largest batch over the smallest; cached over uncached per batch."""
+    small, large = min(rows, key=lambda r: r["batch"]), max(rows, key=lambda r: r["batch"])
+    if large is not small:
+        print(f"batch {large['batch']} / batch {small['batch']} (with cache): "
+              f"{large['with_cache'] / small['with_cache']:.1f}x")
+    print("cached / uncached: " + ", ".join(f"batch {r['batch']} {r['speedup']:.1f}x" for r in rows))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import sys
 
 from lm.configlib import ConfigError, unknown_key_message
 
-MODES = ("pretrain", "sft", "eval", "compile", "sample")
 TOP_LEVEL_KEYS = ("mode", "seed", "data", "model", "optimizer", "train", "mesh", "ngram", "sample", "eval",
                   "sft", "peft", "init_from")
 
@@ -16,8 +15,15 @@ def validate_top_level(config) -> None:
     for key in config.keys():
         if key not in TOP_LEVEL_KEYS:
             raise ConfigError(unknown_key_message(key, list(TOP_LEVEL_KEYS), "config"))
-    if config.get("mode") not in MODES:
-        raise ConfigError(f"config.mode={config.get('mode')!r} is not one of {', '.join(MODES)}")
+    from lm.modes import mode
+    mode(config.get("mode"))
+
+
+def accepted(fn, options: dict) -> dict:
+    """The ``options`` that ``fn`` takes as keyword arguments."""
+    import inspect
+    parameters = inspect.signature(fn).parameters
+    return {key: value for key, value in options.items() if key in parameters}
 
 
 def setup_logging(workdir: str = "") -> None:

@@ -37,18 +37,11 @@ def main(argv) -> None:
     config = FLAGS.config
     common.validate_top_level(config)
     common.setup_logging()
-    report = run(config)
+    from lm.train.compile_only import run_compile
+    report = run_compile(config)
     if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(report, f, indent=2)
-
-
-def run(config) -> dict:
-    from lm.train.compile_only import compile_report, format_report
-    from lm.train.loop import Trainer
-    report = compile_report(Trainer(config, workdir=""))
-    print(format_report(report), flush=True)
-    return report
+        from lm.fileio import write_atomically
+        write_atomically(FLAGS.output, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
 """Entry point: ``python -m launch.main --config=experiments/<file>.py[:<variant>] --workdir=<dir>
-[--config.<key>=<value> ...]``. Dispatches on ``config.mode`` (``sample``: continue
-``config.sample.prompt``, or every stdin line with ``--interactive``, by the latest checkpoint)."""
+[--config.<key>=<value> ...]``. Dispatches on ``config.mode`` through the one mode table,
+``lm.modes`` (``sample``: continue ``config.sample.prompt``, or every stdin line with
+``--interactive``, by the latest checkpoint; ``eval`` and ``sample`` take the model and data from
+the workdir's config.json)."""
 from __future__ import annotations
-
-import json
-import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -28,34 +27,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from lm.modes import mode
     from lm.parallel.distributed import initialize
-    initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     config = FLAGS.config
     common.validate_top_level(config)
+    entry = mode(config.mode)
+    entry.validate(config)  # every section the mode reads, before any work starts
+    initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     common.setup_logging(FLAGS.workdir)
-    mode = config.mode
-    if mode == "pretrain":
-        from lm.train.loop import pretrain
-        result = pretrain(config, FLAGS.workdir)
-    elif mode == "sft":
-        from lm.train.sft import sft
-        result = sft(config, FLAGS.workdir)
-    elif mode == "eval":
-        from lm.eval.runner import evaluate_workdir
-        result = evaluate_workdir(config, FLAGS.workdir)
-    elif mode == "sample":
-        from lm.infer.session import sample_workdir
-        result = sample_workdir(config, FLAGS.workdir, FLAGS.interactive)
-    elif mode == "compile":
-        from launch.compile import run as compile_only
-        result = compile_only(config)
-        with open(os.path.join(FLAGS.workdir, "compile.json"), "w") as f:
-            json.dump(result, f, indent=2)
-        return
-    else:
-        raise app.UsageError(f"config.mode={mode!r} is not one of: {', '.join(common.MODES)}")
+    options = {"interactive": FLAGS.interactive,
+               "overrides": config_flags.get_override_values(FLAGS["config"])}
+    result = entry.run(config, FLAGS.workdir, **common.accepted(entry.run, options))
     summary = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in sorted(result.items()))
+                        for k, v in sorted(result.items()) if not isinstance(v, (dict, list)))
     print(f"done: {summary}", flush=True)
 
 

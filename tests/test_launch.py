@@ -8,13 +8,24 @@ from tests.helpers import ROOT, run_module
 SMOKE = "--config=experiments/shakespeare_char.py:smoke"
 
 
-def test_main_trains_then_evaluates(tmp_path):
+def test_main_trains_then_evaluates_and_samples_without_repeating_overrides(tmp_path):
+    """Trained with an override (RoPE), a workdir is evaluated and sampled with the experiment
+    file alone: the model comes from its config.json. Changing the model there is refused."""
     workdir = str(tmp_path / "run")
-    done = run_module("launch.main", SMOKE, f"--workdir={workdir}", "--config.train.progress=False")
+    done = run_module("launch.main", SMOKE, f"--workdir={workdir}", "--config.train.progress=False",
+                      "--config.model.positions=rope")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "eval/loss" in done.stdout and "--- sample at step 20 ---" in done.stderr + done.stdout
     for name in ("config.json", "metrics.jsonl", "samples.txt", "loss.png"):
         assert os.path.exists(os.path.join(workdir, name)), name
+    sampled = run_module("launch.main", SMOKE, f"--workdir={workdir}", "--config.mode=sample",
+                         "--config.sample.prompt=ROMEO:", "--config.sample.max_new_tokens=12",
+                         "--config.sample.temperature=0")
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    assert sampled.stdout.startswith("ROMEO:") and "done: samples=1" in sampled.stdout
+    refused = run_module("launch.main", SMOKE, f"--workdir={workdir}", "--config.mode=eval",
+                         "--config.model.d_model=64")
+    assert refused.returncode == 2 and "config.json" in refused.stderr and "Traceback" not in refused.stderr
     evaluated = run_module("launch.main", SMOKE, f"--workdir={workdir}", "--config.mode=eval")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     scores = json.load(open(os.path.join(workdir, "eval_step20.json")))
@@ -40,6 +51,23 @@ def check_eval_suite_report(workdir: str, scores: dict) -> None:
     rerun = evaluate_completions(read_problems(), completions, k=(1,))
     assert scores["humaneval/pass@1"] == 100 * rerun["pass@1"]
     assert 2 ** -8 < scores["heldout_docs/bits_per_byte"] < 8
+
+
+def test_compile_ngram_and_sft_modes_from_the_command_line(tmp_path):
+    compiled = run_module("launch.main", SMOKE, f"--workdir={tmp_path}/compile", "--config.mode=compile")
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    report = json.load(open(tmp_path / "compile" / "compile.json"))
+    assert report["num_params"] > 0 and "all-reduce" in report["collectives"]
+    ngram = run_module("launch.main", SMOKE, f"--workdir={tmp_path}/ngram", "--config.mode=ngram")
+    assert ngram.returncode == 0, ngram.stderr[-3000:]
+    assert os.path.exists(tmp_path / "ngram" / "result_ngram.json")
+    bad = run_module("launch.main", "--config=experiments/sft_arithmetic.py:smoke",
+                     f"--workdir={tmp_path}/sft", f"--config.init_from={tmp_path}/base",
+                     "--config.peft.method=lora", "--config.peft.lora_rank=0")
+    assert bad.returncode == 2 and "lora_rank" in bad.stderr, bad.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "base"), "a bad PEFT section must fail before pretraining"
+    wrong = run_module("launch.main", SMOKE, f"--workdir={tmp_path}/x", "--config.mode=evl")
+    assert wrong.returncode == 2 and "Did you mean 'eval'" in wrong.stderr
 
 
 def test_unknown_override_key_names_close_match(tmp_path):

@@ -21,11 +21,12 @@ def tiny_base(steps: int = 3):
 
 
 def train_on_one_device(monkeypatch):
-    """The 'train' runner on the first test device (the tiny config's mesh has one)."""
+    """The 'pretrain' runner on the first test device (the tiny config's mesh has one)."""
+    from lm.train import loop
     one = jax.devices()[:1]
-    monkeypatch.setitem(registry.RUNNERS, "train", registry.Runner(
-        functools.partial(registry.run_train, devices=one), registry.validate_train,
-        functools.partial(registry.evaluate_train, devices=one)))
+    monkeypatch.setitem(registry.RUNNERS, "pretrain", registry.Runner(
+        functools.partial(loop.run_pretrain, devices=one), loop.validate_pretrain,
+        functools.partial(loop.evaluate_checkpoint, devices=one)))
 
 
 def tiny_sweep(variants, **fields) -> Sweep:
@@ -103,7 +104,7 @@ def test_bad_values_fail_validation_before_training(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="variant 'typed'.*train.steps='many' is a str"):
         run_sweep(wrong_type, str(workdir))
     no_runner = tiny_sweep([Variant("first", {}, "fake"), Variant("r", {}, runner="trian")])
-    with pytest.raises(ConfigError, match="unknown runner 'trian'. Did you mean 'train'"):
+    with pytest.raises(ConfigError, match="unknown runner 'trian'. Did you mean 'pretrain'"):
         run_sweep(no_runner, str(workdir))
     assert calls == [] and not workdir.exists()
 
@@ -125,7 +126,7 @@ def test_sweep_trains_evaluates_reports_and_skips_finished(tmp_path, monkeypatch
     results = {name: read_json(os.path.join(workdir, name, "result.json"))
                for name in ("mlp=swiglu", "mlp=gelu")}
     trained = results["mlp=swiglu"]["metrics"]
-    assert results["mlp=swiglu"]["runner"] == "train" and results["mlp=gelu"]["runner"] == "fake"
+    assert results["mlp=swiglu"]["runner"] == "pretrain" and results["mlp=gelu"]["runner"] == "fake"
     assert trained["step"] == 2  # the --set override of train.steps=3
     assert results["mlp=gelu"]["metrics"]["eval/bits_per_token"] == 0.2
     assert trained["len32/eval/loss"] > 0 and "len32/step" not in trained

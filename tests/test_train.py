@@ -10,6 +10,7 @@ from lm.configlib import ConfigError
 from lm.data import pipeline
 from lm.train import loop
 from lm.train.checkpoint import CheckpointError, Checkpointer
+from lm.train.experiment import Experiment
 from lm.train.metrics import read_metrics
 from tests.helpers import small_config
 
@@ -60,7 +61,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, backend):
 
     resumed = str(tmp_path / "resumed")
     with monkeypatch.context() as patch:
-        patch.setattr(loop.data_lib, "make_train_iterator",
+        patch.setattr(pipeline, "make_train_iterator",
                       _interrupting(pipeline.make_train_iterator, after=6))
         with pytest.raises(KeyboardInterrupt):
             loop.pretrain(config, resumed, devices)
@@ -141,7 +142,7 @@ def test_config_errors_name_the_field_and_fix():
     config.model.unlock() if hasattr(config.model, "unlock") else None
     config.model.num_layer = 3
     with pytest.raises(ConfigError, match=r"config.model.'num_layer'.*Did you mean 'config.model.num_layers'"):
-        loop.Experiment.from_config(config)
+        Experiment.from_config(config)
 
     config = small_config()
     config.mesh.update(dict(data=3))

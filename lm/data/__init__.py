@@ -3,6 +3,12 @@
 Importing this package never imports TensorFlow; ``lm.data.tasks`` (seqio) is loaded only by
 ``backend='seqio'`` or by importing it directly. The names below load their module on first
 use, so ``python -m lm.data.corpus`` runs without its module being imported twice.
+
+The base layer is ``config`` (``DataConfig`` and its validation), ``windows`` (windows, packing,
+``Batch`` and ``BATCH_KEYS``) and ``mixture_spec`` (mixture strings); above it ``tokens`` (the
+vocabulary and token streams of a config), ``batches`` (one corpus's batches), ``objectives``,
+``mixture``, ``tasks`` (seqio) and the dispatcher ``pipeline``, which re-exports the names
+callers use. The full order is in ``lm.data.pipeline``'s docstring.
 """
 import importlib
 

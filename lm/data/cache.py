@@ -8,6 +8,9 @@ for the train and validation splits. Reading needs only NumPy (no TensorFlow, no
 operating system pages the arrays in on demand, and the batches equal the in-memory pipeline's.
 The directory appears atomically: it is written under a temporary name and renamed when
 complete, so an interrupted build never leaves a cache that looks finished.
+
+This module builds caches on top of the pipeline; the reader, ``TokenCache``, lives in
+``lm.data.tokens`` (which reads ``config.data.cache_dir``) and is re-exported here.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import tempfile
 import numpy as np
 
 from lm.data import pipeline
+from lm.data.config import DataConfig
+from lm.data.tokens import TokenCache, packed_rows, split_tokens
 
 SPLITS = ("train", "validation")
 FORMAT_VERSION = 1
@@ -29,7 +34,7 @@ def _smallest_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
 
 
-def build_cache(cfg: pipeline.DataConfig, output: str) -> str:
+def build_cache(cfg: DataConfig, output: str) -> str:
     """Tokenizes and packs every split of ``cfg`` into ``output`` (replacing an older cache)."""
     output = os.path.abspath(output)
     parent = os.path.dirname(output)
@@ -48,8 +53,8 @@ def build_cache(cfg: pipeline.DataConfig, output: str) -> str:
 
 def _write_split(cfg, split: str, directory: str, dtype) -> None:
     os.makedirs(directory)
-    tokens = pipeline.split_tokens(cfg, split)
-    targets, positions = pipeline.packed_rows(dataclasses.replace(cfg, packing=True), split)
+    tokens = split_tokens(cfg, split)
+    targets, positions = packed_rows(dataclasses.replace(cfg, packing=True), split)
     np.save(os.path.join(directory, "tokens.npy"), tokens.astype(dtype))
     np.save(os.path.join(directory, "packed_targets.npy"), targets.astype(dtype))
     np.save(os.path.join(directory, "packed_positions.npy"), positions.astype(np.uint16
@@ -75,34 +80,6 @@ def _replace_directory(staging: str, output: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-class TokenCache:
-    """One split of a cache, memory-mapped."""
-
-    def __init__(self, directory: str, split: str = "train"):
-        path = os.path.join(directory, split)
-        meta_path = os.path.join(path, "meta.json")
-        if not os.path.exists(meta_path):
-            raise FileNotFoundError(f"no token cache at {path}: build it with "
-                                    f"`python -m lm.data.cache --output={directory} ...`")
-        with open(meta_path) as f:
-            self.meta = json.load(f)
-        load = lambda name: np.load(os.path.join(path, name), mmap_mode="r")  # noqa: E731
-        self.tokens = load("tokens.npy")
-        self.packed_targets = load("packed_targets.npy")
-        self.packed_positions = load("packed_positions.npy")
-
-    def window_batch(self, seed: int, rows_n: np.ndarray, seq_len: int) -> pipeline.Batch:
-        """nanoGPT windows for global rows ``rows_n`` (equal to the array backend's)."""
-        windows = pipeline.train_windows(self.tokens, seq_len, seed, rows_n)
-        return pipeline.windows_to_batch(windows.astype(np.int32))
-
-    def packed_batch(self, rows_n: np.ndarray) -> pipeline.Batch:
-        """Packed rows ``rows_n`` (modulo the number of rows) with segment ids and positions."""
-        index = rows_n % len(self.packed_targets)
-        return pipeline.packed_batch(np.asarray(self.packed_targets[index], np.int32),
-                                     np.asarray(self.packed_positions[index], np.int32))
-
-
 def main(argv=None) -> None:
     import argparse
     parser = argparse.ArgumentParser(description="Build a pre-tokenized cache of a corpus.")
@@ -113,8 +90,8 @@ def main(argv=None) -> None:
     parser.add_argument("--train_fraction", type=float, default=0.9)
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
-    cfg = pipeline.DataConfig(corpus=args.corpus, vocab=args.vocab, vocab_model=args.vocab_model,
-                              seq_len=args.seq_len, train_fraction=args.train_fraction)
+    cfg = DataConfig(corpus=args.corpus, vocab=args.vocab, vocab_model=args.vocab_model,
+                     seq_len=args.seq_len, train_fraction=args.train_fraction)
     path = build_cache(cfg, args.output)
     for split in SPLITS:
         meta = TokenCache(path, split).meta

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lm.data.pipeline import Batch, pack_examples, packed_batch
+from lm.data.windows import Batch, pack_examples, packed_batch
 
 
 def _pack_parallel(sequences: list[np.ndarray], length: int) -> np.ndarray:

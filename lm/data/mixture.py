@@ -26,109 +26,35 @@ batch index and how many examples each source has given (a small JSON dict). Eve
 the sources of the whole global batch (B hashes) and builds only its own rows.
 
 Without TensorFlow; ``lm.data.tasks.register_mixture`` registers the same rates with seqio.
+Mixture strings are parsed by ``lm.data.mixture_spec`` (base layer, so that ``DataConfig`` can
+check them); its names (``MixtureSpec``, ``MIXTURES``, ``parse_mixture``, ...) are re-exported
+here. This module reads its sources through ``tokens`` and ``batches`` and never imports
+``pipeline``, which imports it.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import functools
-import re
 
 import numpy as np
 
 from lm.configlib import ConfigError
 from lm.data import corpus as corpus_lib
-from lm.data import pipeline
+from lm.data import windows as windows_lib
+from lm.data.batches import corpus_eval_batches
+from lm.data.config import DataConfig
+# Re-exported: the mixture format is documented above.
+from lm.data.mixture_spec import (DEFAULT_DOMAINS, DOMAINS, MIXTURES, MixtureSpec,  # noqa: F401
+                                  default_domain, parse_mixture)
+from lm.data.tokens import packed_rows, split_tokens
+from lm.data.windows import Batch
 
 _SOURCE_CHOICE_KEY = 0x3D1C_E5A7  # folded into the seed for the per-row source draw
 _UNIFORM_BITS = 53  # a float64 holds 53-bit integers exactly
 
 
-DOMAINS = ("general", "specialized")
-# The embedded corpora are plays, poems and an encyclopaedia: books and reference prose.
-DEFAULT_DOMAINS = {"shakespeare": "general", "milton": "general", "britannica": "general"}
-_DOMAIN_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")  # '@<word>' ending an entry is a domain
-
-
-def default_domain(source: str) -> str:
-    """The domain of a source whose mixture entry gives none."""
-    return DEFAULT_DOMAINS.get(source, "general")
-
-
-def _check_domain(domain: str, where: str) -> str:
-    if domain not in DOMAINS:
-        raise ConfigError(f"config.data.mixture {where}: unknown domain {domain!r}; use one of "
-                          f"{', '.join(map(repr, DOMAINS))} after an '@'.")
-    return domain
-
-
-@dataclasses.dataclass(frozen=True)
-class MixtureSpec:
-    sources: tuple[str, ...]  # corpora: embedded names, .txt files or folders, datasets
-    rates: tuple[float, ...] | None = None  # None: from sizes with temperature
-    domains: tuple[str, ...] | None = None  # None: each source's default_domain
-
-    def __post_init__(self):
-        if self.domains is None:
-            object.__setattr__(self, "domains", tuple(map(default_domain, self.sources)))
-        if len(self.domains) != len(self.sources):
-            raise ConfigError(f"MixtureSpec{self.sources}: give one domain per source, not "
-                              f"{self.domains}.")
-        for domain in self.domains:
-            _check_domain(domain, f"source domains {self.domains}")
-
-
-MIXTURES = {
-    # The three embedded Gutenberg corpora, rates from their sizes and the temperature.
-    "gutenberg": MixtureSpec(("shakespeare", "milton", "britannica")),
-}
-
-
 # ----------------------------------------------------------------------------- rates
-
-def parse_mixture(mixture: str) -> MixtureSpec:
-    """The spec of a registered name or of 'corpus[:rate][@domain],...'."""
-    if mixture in MIXTURES:
-        return MIXTURES[mixture]
-    entries = [entry.strip() for entry in mixture.split(",") if entry.strip()]
-    parsed = [_parse_entry(entry) for entry in entries]
-    sources, rates, domains = zip(*parsed) if parsed else ((), (), ())
-    if not sources or len(set(sources)) != len(sources):
-        raise ConfigError(f"config.data.mixture={mixture!r} must be a registered mixture "
-                          f"({', '.join(MIXTURES)}) or distinct 'corpus[:rate][@domain]' entries "
-                          f"separated by commas.")
-    if any(r is None for r in rates) and any(r is not None for r in rates):
-        raise ConfigError(f"config.data.mixture={mixture!r}: give a rate for every corpus or "
-                          f"for none (then rates follow sizes and mixture_temperature).")
-    return MixtureSpec(tuple(sources), None if rates[0] is None else tuple(rates), tuple(domains))
-
-
-def _parse_entry(entry: str) -> tuple[str, float | None, str]:
-    body, domain = _split_domain(entry)
-    corpus, rate = _split_rate(body)
-    return corpus, rate, domain or default_domain(corpus)
-
-
-def _split_domain(entry: str) -> tuple[str, str | None]:
-    """('corpus[:rate]', domain) of an entry; an '@' followed by more than a word is a path's."""
-    body, at, word = entry.rpartition("@")
-    if not (at and body and _DOMAIN_WORD.fullmatch(word)):
-        return entry, None
-    return body, _check_domain(word, f"entry {entry!r}")
-
-
-def _split_rate(entry: str) -> tuple[str, float | None]:
-    corpus, _, rate = entry.rpartition(":")
-    if not corpus:
-        return entry, None
-    try:
-        value = float(rate)
-    except ValueError:
-        return entry, None  # a ':' inside a path, not a rate
-    if not value > 0:
-        raise ConfigError(f"config.data.mixture entry {entry!r}: the rate must be positive.")
-    return corpus, value
-
 
 def temperature_rates(sizes: np.ndarray, temperature: float) -> np.ndarray:
     """rate_i = size_i^(1/T) / sum_k size_k^(1/T)."""
@@ -143,7 +69,7 @@ def source_sizes(spec: MixtureSpec, train_fraction: float) -> np.ndarray:
                      for s in spec.sources], np.float64)
 
 
-def mixture_rates(cfg: pipeline.DataConfig) -> np.ndarray:
+def mixture_rates(cfg: DataConfig) -> np.ndarray:
     """The sampling rate of each source of ``cfg.mixture`` (sums to 1)."""
     spec = parse_mixture(cfg.mixture)
     if spec.rates is not None:
@@ -152,13 +78,13 @@ def mixture_rates(cfg: pipeline.DataConfig) -> np.ndarray:
     return temperature_rates(source_sizes(spec, cfg.train_fraction), cfg.mixture_temperature)
 
 
-def source_domains(cfg: pipeline.DataConfig) -> dict[str, str]:
+def source_domains(cfg: DataConfig) -> dict[str, str]:
     """The domain of each source of ``cfg.mixture``, by source name."""
     spec = parse_mixture(cfg.mixture)
     return dict(zip(spec.sources, spec.domains))
 
 
-def domain_rates(cfg: pipeline.DataConfig) -> dict[str, float]:
+def domain_rates(cfg: DataConfig) -> dict[str, float]:
     """Each domain's share of the training rows (every domain of ``DOMAINS``; sums to 1)."""
     shares = dict.fromkeys(DOMAINS, 0.0)
     for domain, rate in zip(source_domains(cfg).values(), mixture_rates(cfg)):
@@ -166,7 +92,7 @@ def domain_rates(cfg: pipeline.DataConfig) -> dict[str, float]:
     return shares
 
 
-def source_config(cfg: pipeline.DataConfig, source: str) -> pipeline.DataConfig:
+def source_config(cfg: DataConfig, source: str) -> DataConfig:
     """``cfg`` reading one source (keeps ``mixture``, so the vocabulary is the mixture's)."""
     return dataclasses.replace(cfg, corpus=source)
 
@@ -176,17 +102,17 @@ def source_config(cfg: pipeline.DataConfig, source: str) -> pipeline.DataConfig:
 class _Source:
     """The train examples of one source and its per-epoch permutations."""
 
-    def __init__(self, cfg: pipeline.DataConfig, seed: int, source_index: int):
+    def __init__(self, cfg: DataConfig, seed: int, source_index: int):
         self._seed, self._source_index = seed, source_index
         if cfg.packing:
-            self._targets_rt, self._positions_rt = pipeline.packed_rows(cfg, "train")
+            self._targets_rt, self._positions_rt = packed_rows(cfg, "train")
             self.num_examples = len(self._targets_rt)
         else:
-            tokens = pipeline.split_tokens(cfg, "train")
+            tokens = split_tokens(cfg, "train")
             if len(tokens) < cfg.seq_len + 1:
                 raise ConfigError(f"mixture source {cfg.corpus!r} has {len(tokens)} train tokens,"
                                   f" fewer than config.data.seq_len + 1 = {cfg.seq_len + 1}.")
-            self._windows_kt = pipeline.validation_windows(tokens, cfg.seq_len)
+            self._windows_kt = windows_lib.validation_windows(tokens, cfg.seq_len)
             self.num_examples = len(self._windows_kt)
         self._permutation = functools.lru_cache(maxsize=2)(self._epoch_permutation)
 
@@ -204,15 +130,15 @@ class _Source:
             ids_n[in_epoch] = self._permutation(int(epoch))[offsets_n[in_epoch]]
         return ids_n
 
-    def batch(self, ids_n: np.ndarray) -> pipeline.Batch:
+    def batch(self, ids_n: np.ndarray) -> Batch:
         if hasattr(self, "_windows_kt"):
-            return pipeline.windows_to_batch(self._windows_kt[ids_n])
-        return pipeline.packed_batch(self._targets_rt[ids_n], self._positions_rt[ids_n])
+            return windows_lib.windows_to_batch(self._windows_kt[ids_n])
+        return windows_lib.packed_batch(self._targets_rt[ids_n], self._positions_rt[ids_n])
 
 
 def choose_sources(seed: int, rows_n: np.ndarray, rates: np.ndarray) -> np.ndarray:
     """The source of each global row: a counter-based uniform draw against cumulative rates."""
-    uniform_n = pipeline.hashed_ints(seed ^ _SOURCE_CHOICE_KEY, rows_n, 2**_UNIFORM_BITS)
+    uniform_n = windows_lib.hashed_ints(seed ^ _SOURCE_CHOICE_KEY, rows_n, 2**_UNIFORM_BITS)
     uniform_n = uniform_n / float(2**_UNIFORM_BITS)
     bounds = np.cumsum(rates)
     return np.minimum(np.searchsorted(bounds, uniform_n, side="right"), len(rates) - 1)
@@ -232,7 +158,7 @@ def draws_before(seed: int, num_rows: int, rates: np.ndarray, chunk: int = 1 << 
 class MixtureIterator:
     """Infinite training batches of a mixture (this host's rows), resumable from its state."""
 
-    def __init__(self, cfg: pipeline.DataConfig, seed: int, process_index: int = 0,
+    def __init__(self, cfg: DataConfig, seed: int, process_index: int = 0,
                  process_count: int = 1):
         self._cfg, self._seed = cfg, seed
         self.names = parse_mixture(cfg.mixture).sources
@@ -247,7 +173,7 @@ class MixtureIterator:
     def __iter__(self) -> "MixtureIterator":
         return self
 
-    def __next__(self) -> pipeline.Batch:
+    def __next__(self) -> Batch:
         rows_n = self.batch_index * self._cfg.batch_size + np.arange(self._cfg.batch_size)
         sources_n = choose_sources(self._seed, rows_n, self.rates)
         draws_n = self._draw_positions(sources_n)  # every host counts the whole global batch
@@ -264,7 +190,7 @@ class MixtureIterator:
             self.consumed[i] += int(mine.sum())
         return positions_n
 
-    def _build(self, sources_n: np.ndarray, positions_n: np.ndarray) -> pipeline.Batch:
+    def _build(self, sources_n: np.ndarray, positions_n: np.ndarray) -> Batch:
         parts, order = [], []
         for i, source in enumerate(self._sources):
             rows = np.flatnonzero(sources_n == i)
@@ -296,16 +222,15 @@ class MixtureIterator:
         self.consumed = [int(state["consumed"][name]) for name in self.names]
 
 
-def source_eval_batches(cfg: pipeline.DataConfig, process_index: int = 0,
-                        process_count: int = 1) -> dict[str, list[pipeline.Batch]]:
+def source_eval_batches(cfg: DataConfig, process_index: int = 0,
+                        process_count: int = 1) -> dict[str, list[Batch]]:
     """Each source's ``cfg.eval_batches`` validation batches, by source name."""
-    return {name: pipeline.corpus_eval_batches(source_config(cfg, name), process_index,
-                                               process_count)
+    return {name: corpus_eval_batches(source_config(cfg, name), process_index, process_count)
             for name in parse_mixture(cfg.mixture).sources}
 
 
-def domain_eval_batches(cfg: pipeline.DataConfig, process_index: int = 0,
-                        process_count: int = 1) -> dict[str, list[pipeline.Batch]]:
+def domain_eval_batches(cfg: DataConfig, process_index: int = 0,
+                        process_count: int = 1) -> dict[str, list[Batch]]:
     """The validation batches of each domain that has sources: its sources' batches in turn.
 
     Every source gives ``cfg.eval_batches`` batches, so a domain's token-weighted loss over them
@@ -313,7 +238,7 @@ def domain_eval_batches(cfg: pipeline.DataConfig, process_index: int = 0,
     when rows are unpacked windows (each source then evaluates the same number of tokens).
     """
     domains = source_domains(cfg)
-    grouped: dict[str, list[pipeline.Batch]] = {}
+    grouped: dict[str, list[Batch]] = {}
     for name, batches in source_eval_batches(cfg, process_index, process_count).items():
         grouped.setdefault(domains[name], []).extend(batches)
     return grouped
@@ -321,7 +246,7 @@ def domain_eval_batches(cfg: pipeline.DataConfig, process_index: int = 0,
 
 # ----------------------------------------------------------------------------- report
 
-def describe(cfg: pipeline.DataConfig) -> str:
+def describe(cfg: DataConfig) -> str:
     """One line per source (rate, domain) and one line of the domains' shares."""
     domains, rates = source_domains(cfg), mixture_rates(cfg)
     width = max(map(len, domains))
@@ -339,8 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="rates ∝ size^(1/T) when the mixture gives none")
     args = parser.parse_args(argv)
-    print(describe(pipeline.DataConfig(mixture=args.mixture,
-                                       mixture_temperature=args.temperature)))
+    print(describe(DataConfig(mixture=args.mixture, mixture_temperature=args.temperature)))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ behind PAD = 0, T5's start token). Sentinels and MASK are ids appended after the
 
 The random choices of a row depend only on (seed, the row's tokens), so converted batches are as
 deterministic and resumable as the windows they come from.
+
+Built on ``config``, ``tokens`` and ``windows``. ``OBJECTIVES``, ``FITS`` and ``validate``
+(``config.validate_objective``) live in ``lm.data.config``, so that a ``DataConfig`` checks its
+objective without importing this module, and are re-exported here.
 """
 from __future__ import annotations
 
@@ -28,19 +32,13 @@ import zlib
 
 import numpy as np
 
-from lm.configlib import ConfigError
 from lm.data import vocab as vocab_lib
+# Re-exported: the objective names and which architectures they fit are checked with the config.
+from lm.data.config import FITS, OBJECTIVES  # noqa: F401
+from lm.data.config import validate_objective as validate  # noqa: F401
+from lm.data.tokens import vocabulary
+from lm.data.windows import Batch
 
-Batch = dict[str, np.ndarray]
-OBJECTIVES = ("causal_lm", "prefix_lm", "span_corruption", "mlm")
-# Which objectives each architecture (config.model.arch) trains with.
-FITS = {
-    "decoder": ("causal_lm", "prefix_lm", "span_corruption"),
-    "prefix_decoder": ("prefix_lm", "span_corruption"),
-    "encoder": ("mlm",),
-    "encoder_decoder": ("prefix_lm", "span_corruption"),
-    "lstm": ("causal_lm", "prefix_lm"),
-}
 EVAL_SEED = 0x0B1E_C7 + 1  # row randomness of evaluation batches (never a training seed)
 
 
@@ -94,15 +92,6 @@ def objective_config(cfg, base_vocab_size: int, objective: str = "") -> Objectiv
                            mean_noise_span_length=cfg.mean_noise_span_length,
                            mlm_probability=cfg.mlm_probability, seq_len=cfg.seq_len,
                            base_vocab_size=base_vocab_size)
-
-
-def validate(objective: str, arch: str, field: str = "config.data.objective") -> None:
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"{field}={objective!r} is not one of {', '.join(OBJECTIVES)}")
-    if arch in FITS and objective not in FITS[arch]:
-        fits = [a for a, objectives in FITS.items() if objective in objectives]
-        raise ConfigError(f"{field}={objective!r} does not fit config.model.arch={arch!r}, which trains "
-                          f"with {', '.join(FITS[arch])}; {objective} fits {', '.join(fits)}")
 
 
 def row_rng(seed: int, row: np.ndarray) -> np.random.Generator:
@@ -225,8 +214,6 @@ def train_iterator(iterator, cfg, arch: str, seed: int):
     """``iterator``'s window batches converted for the training objective and ``arch``."""
     if cfg.objective == "causal_lm":
         return iterator
-    from lm.data.pipeline import vocabulary
-
     objective = objective_config(cfg, vocabulary(cfg).vocab_size)
     return ConvertedIterator(iterator, lambda batch: convert(batch, objective, arch, seed))
 
@@ -236,7 +223,5 @@ def eval_batches(batches: list[Batch], cfg, arch: str) -> list[Batch]:
     name = cfg.eval_objective or cfg.objective
     if name == "causal_lm":
         return batches
-    from lm.data.pipeline import vocabulary
-
     objective = objective_config(cfg, vocabulary(cfg).vocab_size, name)
     return [convert(batch, objective, arch, EVAL_SEED) for batch in batches]

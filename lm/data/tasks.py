@@ -19,6 +19,10 @@ Two kinds of task per (corpus, vocabulary):
 
 ``{vocab}`` is 'char' or 'sp1024' (the shipped SentencePiece model). Corpora given as paths
 and other models get a short hash in the name; ``register_for_config(cfg)`` handles any config.
+
+Built on ``tokens``, ``windows`` and ``mixture``; ``lm.data.tokens`` and ``lm.data.batches``
+import this module inside the functions that serve backend 'seqio', so that no other backend
+loads TensorFlow.
 """
 from __future__ import annotations
 
@@ -33,8 +37,12 @@ import seqio
 import tensorflow as tf
 
 from lm.data import corpus as corpus_lib
-from lm.data import pipeline
+from lm.data import mixture as mixture_lib
+from lm.data import tokens as tokens_lib
 from lm.data import vocab as vocab_lib
+from lm.data import windows as windows_lib
+from lm.data.config import DataConfig
+from lm.data.windows import Batch
 
 _ROWS_PER_CALL = 1024  # windows computed per NumPy call in the train stream
 
@@ -104,7 +112,7 @@ def _corpus_tag(corpus: str) -> str:
     return f"{stem}_{_short_hash(str(pathlib.Path(corpus).resolve()))}"
 
 
-def _vocab_tag(cfg: pipeline.DataConfig) -> str:
+def _vocab_tag(cfg: DataConfig) -> str:
     if cfg.vocab == "char":
         return "char"
     if pathlib.Path(cfg.model_path).resolve() == vocab_lib.DEFAULT_SENTENCEPIECE_MODEL:
@@ -112,32 +120,32 @@ def _vocab_tag(cfg: pipeline.DataConfig) -> str:
     return f"sp_{_short_hash(str(pathlib.Path(cfg.model_path).resolve()))}"
 
 
-def _base_name(cfg: pipeline.DataConfig) -> str:
+def _base_name(cfg: DataConfig) -> str:
     name = f"{_corpus_tag(cfg.corpus)}_{_vocab_tag(cfg)}"
-    if cfg.train_fraction != pipeline.DataConfig.train_fraction:
+    if cfg.train_fraction != DataConfig.train_fraction:
         name += f"_train{round(cfg.train_fraction * 1000):d}"  # per mille
     return name
 
 
-def window_task_name(cfg: pipeline.DataConfig) -> str:
+def window_task_name(cfg: DataConfig) -> str:
     return f"{_base_name(cfg)}_seq{cfg.seq_len}"
 
 
-def docs_task_name(cfg: pipeline.DataConfig) -> str:
+def docs_task_name(cfg: DataConfig) -> str:
     return f"{_base_name(cfg)}_docs"
 
 
 # ----------------------------------------------------------------------------- sources
 
-def _output_features(cfg: pipeline.DataConfig, add_eos: bool) -> dict[str, seqio.Feature]:
-    vocabulary = vocab_lib.as_seqio_vocabulary(pipeline.vocabulary(cfg))
+def _output_features(cfg: DataConfig, add_eos: bool) -> dict[str, seqio.Feature]:
+    vocabulary = vocab_lib.as_seqio_vocabulary(tokens_lib.vocabulary(cfg))
     return {"targets": seqio.Feature(vocabulary=vocabulary, add_eos=add_eos, dtype=tf.int32)}
 
 
 def _random_windows(tokens: np.ndarray, seq_len: int, seed: int) -> tf.data.Dataset:
-    """Window j of the infinite train stream, exactly ``pipeline.train_windows`` row j."""
+    """Window j of the infinite train stream, exactly ``lm.data.windows.train_windows`` row j."""
     def windows(rows_n):
-        return pipeline.train_windows(tokens, seq_len, seed, rows_n).astype(np.int32)
+        return windows_lib.train_windows(tokens, seq_len, seed, rows_n).astype(np.int32)
 
     def to_windows(rows_n):
         windows_nt = tf.numpy_function(windows, [rows_n], tf.int32, stateful=False)
@@ -147,19 +155,19 @@ def _random_windows(tokens: np.ndarray, seq_len: int, seed: int) -> tf.data.Data
     return ds.map(lambda window_t: {"targets": window_t})
 
 
-def _window_source(cfg: pipeline.DataConfig) -> seqio.FunctionDataSource:
+def _window_source(cfg: DataConfig) -> seqio.FunctionDataSource:
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
         del shuffle_files  # train windows are already random; validation stays in order
-        tokens = pipeline.split_tokens(cfg, split)
+        tokens = tokens_lib.split_tokens(cfg, split)
         if split == "train":
             return _random_windows(tokens, cfg.seq_len, seed or 0)
-        windows_kt = pipeline.validation_windows(tokens, cfg.seq_len)
+        windows_kt = windows_lib.validation_windows(tokens, cfg.seq_len)
         return tf.data.Dataset.from_tensor_slices({"targets": windows_kt})
 
     return seqio.FunctionDataSource(dataset_fn, splits=corpus_lib.SPLITS)
 
 
-def _docs_source(cfg: pipeline.DataConfig) -> seqio.FunctionDataSource:
+def _docs_source(cfg: DataConfig) -> seqio.FunctionDataSource:
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
         del shuffle_files, seed  # documents in file-name order
         texts = [d.text for d in corpus_lib.split_documents(cfg.corpus, split, cfg.train_fraction)]
@@ -189,12 +197,12 @@ def _add_task(name: str, **kwargs) -> str:
     return name
 
 
-def register_window_task(cfg: pipeline.DataConfig) -> str:
+def register_window_task(cfg: DataConfig) -> str:
     return _add_task(window_task_name(cfg), source=_window_source(cfg), preprocessors=[],
                      output_features=_output_features(cfg, add_eos=False))
 
 
-def register_docs_task(cfg: pipeline.DataConfig) -> str:
+def register_docs_task(cfg: DataConfig) -> str:
     preprocessors = [functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
                      seqio.preprocessors.append_eos,
                      chunk_targets]
@@ -202,7 +210,7 @@ def register_docs_task(cfg: pipeline.DataConfig) -> str:
                      output_features=_output_features(cfg, add_eos=True))
 
 
-def register_for_config(cfg: pipeline.DataConfig) -> str:
+def register_for_config(cfg: DataConfig) -> str:
     """Registers (once) and names the task that ``cfg`` reads."""
     return register_docs_task(cfg) if cfg.packing else register_window_task(cfg)
 
@@ -212,15 +220,13 @@ def register_tasks(seq_len: int) -> list[str]:
     names = []
     for corpus in corpus_lib.EMBEDDED:
         for kind in vocab_lib.KINDS:
-            cfg = pipeline.DataConfig(backend="seqio", corpus=corpus, vocab=kind, seq_len=seq_len)
+            cfg = DataConfig(backend="seqio", corpus=corpus, vocab=kind, seq_len=seq_len)
             names += [register_window_task(cfg), register_docs_task(cfg)]
     return names
 
 
-def mixture_name(cfg: pipeline.DataConfig) -> str:
+def mixture_name(cfg: DataConfig) -> str:
     """``{mixture}_{vocab}_seq{T}``, plus the temperature when rates come from sizes."""
-    from lm.data import mixture as mixture_lib
-
     tag = cfg.mixture if cfg.mixture in mixture_lib.MIXTURES else f"mix_{_short_hash(cfg.mixture)}"
     name = f"{tag}_{_vocab_tag(cfg)}_seq{cfg.seq_len}"
     if mixture_lib.parse_mixture(cfg.mixture).rates is None and cfg.mixture_temperature != 1:
@@ -235,10 +241,8 @@ def register_mixture(mixture: str = "gutenberg", seq_len: int = 64, temperature:
     The tasks of one seqio mixture must share a vocabulary, so this uses SentencePiece (the
     shipped model unless ``vocab_model``); the per-corpus char vocabularies differ.
     """
-    from lm.data import mixture as mixture_lib
-
-    cfg = pipeline.DataConfig(mixture=mixture, mixture_temperature=temperature, seq_len=seq_len,
-                              vocab="sentencepiece", vocab_model=vocab_model)
+    cfg = DataConfig(mixture=mixture, mixture_temperature=temperature, seq_len=seq_len,
+                     vocab="sentencepiece", vocab_model=vocab_model)
     name = mixture_name(cfg)
     if name not in seqio.MixtureRegistry.names():
         sources = mixture_lib.parse_mixture(mixture).sources
@@ -257,14 +261,14 @@ def _as_numpy(ds: tf.data.Dataset, *keys: str) -> list[np.ndarray]:
     return [np.concatenate([b[key] for b in batches]) for key in keys]
 
 
-def validation_windows(cfg: pipeline.DataConfig) -> np.ndarray:
+def validation_windows(cfg: DataConfig) -> np.ndarray:
     """All validation windows [K, seq_len + 1] read through the window task."""
     task = seqio.get_mixture_or_task(register_window_task(cfg))
     ds = task.get_dataset({"targets": cfg.seq_len + 1}, split="validation", shuffle=False)
     return _as_numpy(ds, "targets")[0]
 
 
-def packed_rows(cfg: pipeline.DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
+def packed_rows(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(targets, positions) of every packed row of the split via ``LMFeatureConverter``."""
     lengths = {"targets": cfg.seq_len}
     task = seqio.get_mixture_or_task(register_docs_task(cfg))
@@ -278,7 +282,7 @@ def packed_rows(cfg: pipeline.DataConfig, split: str) -> tuple[np.ndarray, np.nd
 class _TrainStream:
     """Global batch index -> this host's batch, reading the window task's train stream."""
 
-    def __init__(self, cfg: pipeline.DataConfig, seed: int, process_index: int,
+    def __init__(self, cfg: DataConfig, seed: int, process_index: int,
                  process_count: int):
         self._cfg, self._seed = cfg, seed
         per_host = cfg.batch_size // process_count
@@ -293,15 +297,15 @@ class _TrainStream:
         ds = ds.batch(self._cfg.batch_size, drop_remainder=True).skip(start_batch)
         return ds.as_numpy_iterator()
 
-    def __call__(self, batch_index: int) -> pipeline.Batch:
+    def __call__(self, batch_index: int) -> Batch:
         if batch_index != self._next_index:
             self._iterator = self._open(batch_index)
         windows_bt1 = next(self._iterator)["targets"]
         self._next_index = batch_index + 1
-        return pipeline.windows_to_batch(windows_bt1[self._host_slice])
+        return windows_lib.windows_to_batch(windows_bt1[self._host_slice])
 
 
-def train_batch_fn(cfg: pipeline.DataConfig, seed: int, process_index: int,
+def train_batch_fn(cfg: DataConfig, seed: int, process_index: int,
                    process_count: int):
     """The seqio backend's unpacked training batches (same rows as the 'array' backend)."""
     return _TrainStream(cfg, seed, process_index, process_count)

@@ -36,28 +36,32 @@ def eval_config(config) -> EvalConfig:
     return from_section(EvalConfig, config.get("eval"), "config.eval").validated()
 
 
-def evaluate_workdir(config, workdir: str, step: Optional[int] = None, devices=None) -> dict:
-    """Validation loss of the checkpoint, plus every task of ``config.eval.tasks``; returns the
-    flat scores ('<task>/<metric>') and writes the report files."""
-    from lm.train.loop import restore_for_eval
+def evaluate_workdir(config, workdir: str, step: Optional[int] = None, devices=None,
+                     overrides: Optional[dict] = None) -> dict:
+    """Validation loss of the checkpoint, plus every task of ``config.eval.tasks``, with the
+    parameters sharded on ``config``'s mesh; the model and data come from the workdir's
+    config.json (``overrides``: dotted keys changed on top, e.g. from the command line). Returns
+    the flat scores ('<task>/<metric>') and writes the report files."""
+    from lm.train.run import Run
 
     cfg = eval_config(config)
-    trainer, state, step = restore_for_eval(config, workdir, step, devices)
-    scores = {"step": step, **trainer.evaluate(state.params, trainer.eval_sets())}
-    if jax.process_index() != 0:
-        return scores
+    run = Run.from_workdir(workdir, overrides, use_time=config, devices=devices)
+    params, step = run.restore(step)
+    scores = {"step": step, **run.evaluate(params)}
     if cfg.task_names:
-        scores.update(_task_scores(config, cfg, trainer, state, scores, workdir))
-    write_atomically(os.path.join(workdir, f"eval_step{step}.json"), json.dumps(scores, indent=2) + "\n")
+        scores.update(_task_scores(run, cfg, params, scores))
+    if jax.process_index() == 0:
+        write_atomically(os.path.join(workdir, f"eval_step{step}.json"), json.dumps(scores, indent=2) + "\n")
     return scores
 
 
-def _task_scores(config, cfg: EvalConfig, trainer, state, validation: dict, workdir: str) -> dict[str, float]:
-    """Runs the tasks, writes the report, and returns '<task>/<metric>' scores."""
+def _task_scores(run, cfg: EvalConfig, params, validation: dict) -> dict[str, float]:
+    """Runs the tasks (every process: the model is sharded), writes the report, and returns
+    '<task>/<metric>' scores."""
     from lm.data import corpus as corpus_lib
     from lm.data import pipeline as data_lib
 
-    exp, step = trainer.exp, validation["step"]
+    exp, step = run.exp, validation["step"]
 
     def heldout_text() -> str:
         if exp.data.backend == "synthetic":
@@ -67,10 +71,10 @@ def _task_scores(config, cfg: EvalConfig, trainer, state, validation: dict, work
                          for corpus in data_lib.vocab_corpora(exp.data))
 
     tasks = build_tasks(cfg, heldout_text)
-    scorer = ModelScorer(trainer.graphdef, jax.device_get(state.params), exp.model,
-                         data_lib.vocabulary(exp.data), exp.data.seq_len, cfg.batch_size, config.seed, step)
-    results, samples = run_tasks(scorer, tasks, progress=exp.train.progress)
-    report.write(os.path.join(workdir, "eval"), step, validation, tasks, results, samples)
+    scorer = run.scorer(params, cfg.batch_size, int(run.config.seed), step)
+    results, samples = run_tasks(scorer, tasks, progress=exp.train.progress and jax.process_index() == 0)
+    if jax.process_index() == 0:
+        report.write(os.path.join(run.workdir, "eval"), step, validation, tasks, results, samples)
     return {f"{task_name}/{metric}": value for task_name, metrics in results.items()
             for metric, value in metrics.items()}
 
@@ -161,3 +165,11 @@ class ModelAnswers:
     def _row_id(self, row: int) -> dict:
         task_id = self.task.rows[row].get("task_id")
         return {} if task_id is None else {"task_id": task_id}
+
+
+def validate_eval(config) -> None:
+    """The use-time sections evaluation reads (config.eval, config.mesh); the model and data are
+    the workdir's, checked when it is loaded."""
+    from lm.parallel import MeshConfig
+    eval_config(config)
+    MeshConfig.from_config(config.mesh)

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 from typing import Any, Optional, Sequence
 
 import jax
@@ -30,11 +28,12 @@ import numpy as np
 from flax import nnx
 
 from lm.eval.metrics import rolling_windows
-from lm.infer.decode import (DECODER_START_ID, DecodeSettings, generate, generate_past_context,
-                             truncate_at_stop)
+from lm.infer.decode import DecodeSettings, generate, generate_past_context, truncate_at_stop
+from lm.models.decoding import GENERATING_ARCHS as SCORING_ARCHS
+from lm.models.decoding import CausalDecoding, bucket, decoding_for, scheme_of
+from lm.parallel.axes import STANDARD_RULES, axis_rules, logical_to_spec
 from lm.train.step import logits_fn, token_losses
 
-SCORING_ARCHS = ("decoder", "prefix_decoder", "encoder_decoder", "lstm")
 GENERATION_KEYS = ("until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p")
 DEFAULT_MAX_GEN_TOKS = 256  # lm-evaluation-harness's default
 Pair = tuple[list[int], list[int]]
@@ -42,13 +41,13 @@ Pair = tuple[list[int], list[int]]
 
 def check_scoring_arch(arch: str) -> None:
     """Refuses, with the reason, an architecture that cannot score or generate text."""
-    if arch == "encoder":
-        raise ValueError("config.model.arch='encoder' is a bidirectional (masked-LM) encoder: it "
-                         "gives no probability to a continuation and cannot generate, so it cannot "
-                         f"be evaluated on loglikelihood or generation requests; use one of "
-                         f"{', '.join(SCORING_ARCHS)}")
-    if arch not in SCORING_ARCHS:
+    scheme = scheme_of(arch)
+    if scheme is None:
         raise ValueError(f"config.model.arch={arch!r} cannot be scored; use one of "
+                         f"{', '.join(SCORING_ARCHS)}")
+    if not scheme.can_generate:
+        raise ValueError(f"config.model.arch={arch!r} {scheme.why_not}, so it cannot be evaluated "
+                         f"on loglikelihood or generation requests; use one of "
                          f"{', '.join(SCORING_ARCHS)}")
 
 
@@ -56,44 +55,42 @@ class ModelScorer:
     """Answers loglikelihood, loglikelihood_rolling and generate_until requests for one model.
 
     ``context_len`` is the window in tokens (the training seq_len); Transformer windows are also
-    capped by ``model_cfg.max_len``. ``batch_size`` rows are scored per call.
+    capped by ``model_cfg.max_len``. ``batch_size`` rows are scored per call. With ``mesh``,
+    scoring and generation are traced under ``axis_rules(mesh, rules)`` (``params`` may be
+    sharded on it) and scoring batches have a multiple of the mesh's batch ways as rows.
     """
 
     def __init__(self, graphdef: nnx.GraphDef, params, model_cfg, vocab, context_len: int,
-                 batch_size: int = 16, seed: int = 0, step: Optional[int] = None):
+                 batch_size: int = 16, seed: int = 0, step: Optional[int] = None, *,
+                 mesh=None, rules=None):
         check_scoring_arch(model_cfg.arch)
         if context_len < 1 or batch_size < 1:
             raise ValueError(f"context_len={context_len} and batch_size={batch_size} must be >= 1")
         self.graphdef = graphdef
-        self.params = jax.device_put(params)
+        self.params = jax.device_put(params) if mesh is None else params
         self.model_cfg = model_cfg
         self.arch = model_cfg.arch
+        self.decoding: CausalDecoding = decoding_for(model_cfg)
         self.vocab = vocab
-        self.window = context_len if self.arch == "lstm" else min(context_len, model_cfg.max_len)
+        self.window = self.decoding.window(context_len)
+        self.mesh = mesh
+        self.rules = tuple(STANDARD_RULES if rules is None else rules)
         self.batch_size = batch_size
         self.seed = seed
         self.step = step
 
     @classmethod
-    def from_workdir(cls, workdir: str, step: Optional[int] = None, device=None,
+    def from_workdir(cls, workdir: str, step: Optional[int] = None, devices=None,
                      batch_size: int = 16, seed: int = 0) -> "ModelScorer":
         """The checkpoint at ``step`` (default: the latest) of ``workdir``, rebuilt from the
-        workdir's config.json on one local device (default: the first)."""
-        from lm.data import pipeline as data_lib
-        from lm.train.checkpoint import CheckpointError
-        from lm.train.loop import Trainer, restore_checkpoint
+        workdir's config.json with its parameters sharded on the saved mesh (or, when that does
+        not fit ``devices``, data parallel over them)."""
+        from lm.train.run import Run
 
-        config = saved_config(workdir)
-        check_scoring_arch(config.model.get("arch", "decoder"))
-        checkpoints = os.path.join(workdir, "checkpoints")
-        if not os.path.isdir(checkpoints):
-            raise CheckpointError(f"no checkpoint in {checkpoints}: train first "
-                                  f"(config.mode='pretrain') or point at a trained run")
-        trainer = Trainer(config, workdir, devices=[device or jax.local_devices()[0]])
-        state, step = restore_checkpoint(trainer, workdir, step)
-        exp = trainer.exp
-        return cls(trainer.graphdef, jax.device_get(state.params), exp.model,
-                   data_lib.vocabulary(exp.data), exp.data.seq_len, batch_size, seed, step)
+        run = Run.from_workdir(workdir, devices=devices)
+        check_scoring_arch(run.exp.model.arch)
+        params, step = run.restore(step)
+        return run.scorer(params, batch_size, seed, step)
 
     # ------------------------------------------------------------------------- requests
 
@@ -175,7 +172,7 @@ class ModelScorer:
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         context_ids = self.vocab.encode(context)
-        if self.arch == "encoder_decoder":
+        if self.decoding.continuation_alone:
             continuation_ids = self.vocab.encode(continuation)
         else:
             continuation_ids = self.vocab.encode(context + continuation)[len(context_ids):]
@@ -186,9 +183,7 @@ class ModelScorer:
         if len(continuation) > self.window:
             raise ValueError(f"request {index}: the continuation has {len(continuation)} tokens, more "
                              f"than the window of {self.window}")
-        if self.arch == "encoder_decoder":
-            return context[-self.window:], continuation
-        return context[-(self.window + 1 - len(continuation)):], continuation
+        return self.decoding.fit_window(context, continuation, self.window)
 
     def _score_pairs(self, pairs: Sequence[Pair]) -> list[tuple[float, bool]]:
         """(summed log-probability, all greedy) of each pair's continuation, longest first in
@@ -197,9 +192,10 @@ class ModelScorer:
         results: list[Any] = [None] * len(pairs)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
-            batch, scored_bt = batch_layout(self.arch, [pairs[i] for i in chunk], self.window,
-                                            self.batch_size)
-            logprob_bt, greedy_bt = jax.device_get(_token_scores(self.graphdef, self.params, batch))
+            batch, scored_bt = batch_layout(self.decoding, [pairs[i] for i in chunk], self.window,
+                                            self.batch_size, batch_ways(self.mesh, self.rules))
+            logprob_bt, greedy_bt = jax.device_get(
+                _token_scores(self.graphdef, (self.mesh, self.rules), self.params, batch))
             for row, index in enumerate(chunk):
                 mask = scored_bt[row]
                 results[index] = (float(np.sum(logprob_bt[row][mask], dtype=np.float64)),
@@ -209,27 +205,28 @@ class ModelScorer:
     # ------------------------------------------------------------------------- generation
 
     def _fit_generation(self, settings: DecodeSettings) -> DecodeSettings:
-        """An encoder-decoder's decoder holds the start token and at most window - 1 new ones."""
-        if self.arch == "encoder_decoder" and settings.max_new_tokens >= self.window:
-            return dataclasses.replace(settings, max_new_tokens=max(self.window - 1, 1))
-        return settings
+        """The new tokens the architecture can give within the window (an encoder-decoder's
+        decoder holds the start token and at most window - 1 new ones)."""
+        new = self.decoding.fit_new_tokens(settings.max_new_tokens, self.window)
+        return settings if new == settings.max_new_tokens else dataclasses.replace(
+            settings, max_new_tokens=new)
 
     def _generate_group(self, settings: DecodeSettings, items: list[tuple[int, list[int]]]):
         """(request index, new tokens) for requests sharing ``settings``: prompts cut from the
-        left to leave room for the new tokens, in batches; a Transformer decoder asked for more
-        tokens than its window continues past it one request at a time."""
-        new = settings.max_new_tokens
-        if self.arch in ("decoder", "prefix_decoder") and new >= self.window:
+        left to leave room for the new tokens, in batches; a decoder that refills its context,
+        asked for more tokens than its window, continues past it one request at a time."""
+        new, sharding = settings.max_new_tokens, {"mesh": self.mesh, "rules": self.rules}
+        if self.decoding.refills_past_context and new >= self.window:
             for index, prompt in items:
                 yield index, generate_past_context(self.graphdef, self.params, prompt, settings,
-                                                   self.window)
+                                                   self.window, **sharding)
             return
-        keep = self.window - new if self.arch in ("decoder", "prefix_decoder") else self.window
+        keep = self.decoding.prompt_room(new, self.window)
         items = sorted(((index, prompt[-keep:]) for index, prompt in items), key=lambda x: len(x[1]))
         for start in range(0, len(items), self.batch_size):
             chunk = items[start:start + self.batch_size]
             generation = generate(self.graphdef, self.params, [prompt for _, prompt in chunk],
-                                  settings, context=self.window)
+                                  settings, context=self.window, **sharding)
             yield from zip((index for index, _ in chunk), generation.tokens)
 
 
@@ -257,25 +254,6 @@ def generation_settings(arguments: dict, eos_id: int, seed: int = 0) -> DecodeSe
                           stop_strings=until, seed=seed)
 
 
-def saved_config(workdir: str):
-    """The workdir's config.json as a ConfigDict, its mesh set to one device."""
-    import ml_collections
-
-    from lm.parallel.mesh import AXES
-
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: {workdir} is not a training workdir")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    if "mesh" not in config:
-        config.mesh = ml_collections.ConfigDict()
-    for axis in AXES:
-        config.mesh[axis] = 1
-        config.mesh[f"dcn_{axis}"] = 1
-    return config
-
-
 def _arguments(request, count: int = 2) -> tuple:
     """A request's arguments: a tuple, or an lm-evaluation-harness Instance (its ``args``)."""
     args = request.args if hasattr(request, "args") else request
@@ -287,60 +265,36 @@ def _arguments(request, count: int = 2) -> tuple:
 
 # ----------------------------------------------------------------------------- batches
 
-def bucket(length: int, cap: int) -> int:
-    """The next power of two at or above ``length``, but not above ``cap``."""
-    return min(1 << max(length - 1, 0).bit_length(), cap)
-
-
-def batch_layout(arch: str, pairs: Sequence[Pair], window: int, max_rows: int
-                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Host arrays of one scoring batch, right-padded to bucketed lengths and rows, and the
-    [rows, length] mask of the positions whose targets are continuation tokens."""
+def batch_layout(decoding: CausalDecoding, pairs: Sequence[Pair], window: int, max_rows: int,
+                 ways: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Host arrays of one scoring batch, right-padded to bucketed lengths and rows (a multiple
+    of ``ways``; rows past the pairs are padding), and the [rows, length] mask of the positions
+    whose targets are continuation tokens."""
     rows = bucket(len(pairs), max_rows)
-    if arch == "encoder_decoder":
-        return _encoder_decoder_layout(pairs, rows, window)
-    length = bucket(max(len(c) + len(t) - 1 for c, t in pairs), window)
-    inputs, targets = np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32)
-    prefix = np.zeros((rows, length), np.int32)
-    scored = np.zeros((rows, length), bool)
-    for row, (context, continuation) in enumerate(pairs):
-        sequence = context + continuation
-        used = len(sequence) - 1
-        inputs[row, :used], targets[row, :used] = sequence[:-1], sequence[1:]
-        prefix[row, :len(context)] = 1
-        scored[row, len(context) - 1:used] = True
-    batch = {"inputs": inputs, "targets": targets, "positions": _positions(rows, length)}
-    if arch == "prefix_decoder":
-        batch["bidirectional"] = prefix
-    return batch, scored
+    return decoding.score_layout(pairs, -(-rows // ways) * ways, window)
 
 
-def _encoder_decoder_layout(pairs: Sequence[Pair], rows: int, window: int):
-    source = bucket(max(len(c) for c, _ in pairs), window)
-    length = bucket(max(len(t) for _, t in pairs), window)
-    encoder = np.zeros((rows, source), np.int32)
-    encoder_segments = np.zeros((rows, source), np.int32)
-    inputs, targets = np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32)
-    segments = np.zeros((rows, length), np.int32)
-    for row, (context, continuation) in enumerate(pairs):
-        encoder[row, :len(context)] = context
-        encoder_segments[row, :len(context)] = 1
-        inputs[row, :len(continuation)] = [DECODER_START_ID] + continuation[:-1]
-        targets[row, :len(continuation)] = continuation
-        segments[row, :len(continuation)] = 1
-    batch = {"encoder_inputs": encoder, "encoder_segment_ids": encoder_segments,
-             "encoder_positions": _positions(rows, source), "inputs": inputs, "targets": targets,
-             "segment_ids": segments, "positions": _positions(rows, length)}
-    return batch, segments.astype(bool)
+def batch_ways(mesh, rules) -> int:
+    """How many ways the mesh splits the batch axis (1 without a mesh)."""
+    if mesh is None:
+        return 1
+    axes = logical_to_spec(("activation_batch",), rules, mesh)[0] or ()
+    return int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
 
 
-def _positions(rows: int, length: int) -> np.ndarray:
-    return np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length)).copy()
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _token_scores(graphdef: nnx.GraphDef, sharding: tuple, params, batch: dict
+                  ) -> tuple[jax.Array, jax.Array]:
+    """Log-probability [B, T] of each target, and whether it is the argmax of its logits;
+    traced under ``axis_rules`` when ``sharding`` = (mesh, rules) has a mesh."""
+    mesh, rules = sharding
+    if mesh is None:
+        return _scores(graphdef, params, batch)
+    with axis_rules(mesh, rules):
+        return _scores(graphdef, params, batch)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _token_scores(graphdef: nnx.GraphDef, params, batch: dict) -> tuple[jax.Array, jax.Array]:
-    """Log-probability [B, T] of each target, and whether it is the argmax of its logits."""
+def _scores(graphdef: nnx.GraphDef, params, batch: dict) -> tuple[jax.Array, jax.Array]:
     logits_btv = logits_fn(graphdef, params, batch).astype(jnp.float32)
     cross_entropy_bt, _ = token_losses(logits_btv, batch["targets"])
     return -cross_entropy_bt, jnp.argmax(logits_btv, axis=-1) == batch["targets"]

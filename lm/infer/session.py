@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import sys
 from typing import Iterable, Optional, TextIO
-
-import jax
 
 from lm.configlib import ConfigError, from_section
 from lm.infer.decode import DecodeSettings, check_request, generate_text
@@ -59,50 +55,35 @@ class SampleConfig:
             stop_strings=tuple(s for s in self.stop.split("|") if s), seed=self.seed)
 
 
-def check_checkpoint_arch(workdir: str, arch: str) -> None:
-    """Refuses a workdir whose saved config.json is of another architecture, naming both."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f).get("model", {}).get("arch", "decoder")
-    if saved != arch:
-        raise ConfigError(f"{workdir} holds a checkpoint of config.model.arch={saved!r}, but the "
-                          f"config asks for config.model.arch={arch!r}; pass "
-                          f"--config.model.arch={saved} or another --workdir")
-
-
 def sample_workdir(config, workdir: str, interactive: bool = False,
-                   stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = None) -> dict:
+                   stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = None,
+                   devices=None, overrides: Optional[dict] = None) -> dict:
     """Prints the continuation of ``config.sample.prompt`` (or of every stdin line) by the
-    latest checkpoint in ``workdir``."""
-    from lm.data import pipeline as data_lib
-    from lm.train.loop import Trainer, restore_checkpoint
-    from lm.train.workdir import check_workdir
+    latest checkpoint in ``workdir``, decoded with its parameters sharded on ``config``'s mesh.
+    The model comes from the workdir's config.json; ``config`` gives the use-time sections."""
+    from lm.train.run import Run
 
     stdout = stdout or sys.stdout
     sample = SampleConfig.from_config(config.get("sample"))
-    check_checkpoint_arch(workdir, config.model.arch)
-    trainer = Trainer(config, workdir)
-    check_workdir(workdir, trainer.exp)
-    vocab = data_lib.vocabulary(trainer.exp.data)
+    run = Run.from_workdir(workdir, overrides, use_time=config, devices=devices)
+    vocab, model_cfg = run.vocab, run.exp.model
     settings = sample.settings(vocab.eos_id)
-    context = min(trainer.exp.data.seq_len, trainer.exp.model.max_len)
+    context = min(run.exp.data.seq_len, model_cfg.max_len)
     prompts = _lines(stdin or sys.stdin) if interactive else [sample.prompt]
     if not interactive:
-        _check(trainer.exp.model, vocab, sample.wrap(sample.prompt), settings, context)
-    state, step = restore_checkpoint(trainer, workdir)
-    params = jax.device_get(state.params)
+        _check(model_cfg, vocab, sample.wrap(sample.prompt), settings, context)
+    params, step = run.restore()
     count = 0
     for prompt in map(sample.wrap, prompts):
         try:
-            _check(trainer.exp.model, vocab, prompt, settings, context)
+            _check(model_cfg, vocab, prompt, settings, context)
         except ConfigError as e:
             if not interactive:
                 raise
             print(f"error: {e}", file=stdout, flush=True)
             continue
-        text = generate_text(trainer.graphdef, params, vocab, [prompt], settings, context=context)[0]
+        text = generate_text(run.graphdef, params, vocab, [prompt], settings, context=context,
+                             mesh=run.mesh, rules=run.rules)[0]
         print(prompt + text if not interactive else text, file=stdout, flush=True)
         count += 1
     return {"step": step, "samples": count}
@@ -118,3 +99,10 @@ def _check(model_cfg, vocab, prompt: str, settings: DecodeSettings, context: int
 def _lines(stream: TextIO) -> Iterable[str]:
     for line in stream:
         yield line.rstrip("\n")
+
+
+def validate_sample(config) -> None:
+    """The use-time sections sampling reads (config.sample, config.mesh)."""
+    from lm.parallel import MeshConfig
+    SampleConfig.from_config(config.get("sample")).settings(0)
+    MeshConfig.from_config(config.mesh)

@@ -64,23 +64,16 @@ def load_llama_model(hf_dir: str, scan_layers: bool = False):
     return nnx.merge(graphdef, jax.tree.map(jax.numpy.asarray, params))
 
 
-def export_workdir(workdir: str, out_dir: str, step: Optional[int] = None, overwrite: bool = False) -> int:
-    """Exports the checkpoint at ``step`` (default: the latest) of a training workdir, restored
-    on one local device from the workdir's config.json as ModelScorer.from_workdir does, with the
-    run's vocabulary. Returns the exported step."""
-    import jax
+def export_workdir(workdir: str, out_dir: str, step: Optional[int] = None, overwrite: bool = False,
+                   devices=None) -> int:
+    """Exports the checkpoint at ``step`` (default: the latest) of a training workdir, with the
+    run's vocabulary. The parameters are restored sharded on the run's mesh (``Run.from_workdir``)
+    and each array is gathered to the host only as it is converted. Returns the exported step."""
+    from lm.train.run import Run
 
-    from lm.configlib import from_section
-    from lm.data import pipeline as data_lib
-    from lm.eval.scoring import saved_config
-    from lm.train.loop import Trainer, restore_checkpoint
-
-    config = saved_config(workdir)
-    # Refused before the (slower) restore; the trainer re-derives the same config below.
-    check_llama(from_section(ModelConfig, config.model, "config.model"))
+    run = Run.from_workdir(workdir, devices=devices)
+    check_llama(run.exp.model)  # refused before the (slower) restore
     files.check_destination(out_dir, overwrite)
-    trainer = Trainer(config, workdir, devices=[jax.local_devices()[0]])
-    state, step = restore_checkpoint(trainer, workdir, step)
-    export_llama(jax.device_get(state.params), trainer.exp.model, out_dir,
-                 data_lib.vocabulary(trainer.exp.data), overwrite)
+    params, step = run.restore(step)
+    export_llama(params, run.exp.model, out_dir, run.vocab, overwrite)
     return step

@@ -10,9 +10,10 @@ in both self-attentions; cross-attention has no position term. Packed examples a
 segment ids: encoder positions see their own segment, decoder positions the encoder positions
 of the same segment (lm/models/masks.py).
 
-Decoding (lm/infer/decode.py) encodes once (``init_cache``: the decoder's empty self-attention
-cache and every layer's cross-attention keys and values of the memory), then calls ``decode_cached``
-for the decoder prompt and for each new token.
+Decoding (lm/infer/decode.py) goes through the protocol of lm/models/decoding.py: ``prefill``
+encodes the prompt once (every decoder layer's cross-attention keys and values of the memory go
+into the cache beside the empty self-attention cache), then ``decode_cached`` runs the start
+token and each new token.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lm.models import masks
-from lm.models.attention import Attention, CacheStep, empty_kv_cache
+from lm.models.attention import Attention, CacheStep
 from lm.models.config import ModelConfig
+from lm.models.decoding import SlotCache
 from lm.models.layers import MLP, Dense, Embed, Norm
 from lm.models.transformer import (_X_AXES, Block, _fold, embed_tokens, make_stacked_blocks,
                                    position_table, project_logits, remat, run_stack_cached,
@@ -114,7 +116,7 @@ def _default(values, tokens):
     return jnp.ones(tokens.shape, jnp.int32)
 
 
-class EncoderDecoder(nnx.Module):
+class EncoderDecoder(SlotCache, nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed = Embed(cfg.vocab_size, cfg, rngs)
@@ -155,26 +157,42 @@ class EncoderDecoder(nnx.Module):
                      self.cfg.num_layers)
         return self._logits(x_btd)
 
-    def init_cache(self, memory_bsd: jax.Array, length: int) -> dict:
-        """The decoder's empty self-attention cache of ``length`` slots and each layer's
-        cross-attention keys and values of ``memory_bsd``, all stacked [L, B, ...]."""
-        batch = memory_bsd.shape[0]
+    def forward(self, batch: dict, packed: bool = False,
+                dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+        """Logits [B, T, V] of a batch; the segment ids are always read (rows may be padded)."""
+        del packed
+        return self(batch["encoder_inputs"], batch["inputs"], batch["encoder_positions"],
+                    batch["positions"], batch["encoder_segment_ids"], batch["segment_ids"],
+                    dropout_rng)
+
+    def _start_cache(self, inputs: dict, cache: dict) -> dict:
+        """Encodes the prompts (right-padded encoder inputs) once: each decoder layer's
+        cross-attention keys and values of the memory, stacked [L, B, ...], and its mask."""
+        segments_bs = inputs["encoder_segments"]
+        memory_bsd = self.encode(inputs["encoder_tokens"], None, segments_bs)
         cross = _map_layers(self.cfg, self.decoder_blocks,
                             lambda block: block.cross_attention.memory_kv(memory_bsd))
-        return {"self": empty_kv_cache(batch, length, self.cfg, self.cfg.num_layers), "cross": cross}
+        return {**cache, "cross": cross, "cross_mask": (segments_bs == 1)[:, None, None, :]}
+
+    def _decode_slots(self, tokens_bt, positions_bt, cache: dict, step: CacheStep):
+        logits_btv, layers = self.decode_cached(tokens_bt, positions_bt, cache, step,
+                                                cache["cross_mask"])
+        return logits_btv, layers["self"]
 
     def decode_cached(self, tokens_bt: jax.Array, positions_bt: jax.Array, cache: dict,
                       step: CacheStep, cross_mask_b1ts: jax.Array) -> tuple[jax.Array, dict]:
-        """Logits [B, T, V] of T new decoder tokens over the cache, and the updated cache."""
+        """Logits [B, T, V] of T new decoder tokens over the cache ``{"self", "cross"}``, and
+        the updated cache."""
         x_btd = embed_tokens(self.cfg, self.embed, self.position_embedding, tokens_bt, positions_bt,
                              None)
 
         def call(block, x, cache, index):
             return block.decode(x, positions_bt, cache, step, cross_mask_b1ts, index)
 
-        x_btd, cache = run_stack_cached(self.decoder_blocks, self.cfg.scan_layers, x_btd, cache, call,
-                                        self.cfg.num_layers)
-        return self._logits(x_btd), cache
+        layers = {"self": cache["self"], "cross": cache["cross"]}
+        x_btd, layers = run_stack_cached(self.decoder_blocks, self.cfg.scan_layers, x_btd, layers,
+                                         call, self.cfg.num_layers)
+        return self._logits(x_btd), layers
 
     def _logits(self, x_btd):
         return project_logits(self.final_norm, self.embed, self.head, x_btd)

@@ -8,8 +8,9 @@ unit-major, [H, 4] with gates (input, forget, cell, output) innermost, so a shar
 axis holds whole units and the cell update needs no communication. The state (h, c) is zero at
 every position 0, so documents packed into one row never see each other.
 
-Decoding (lm/infer/decode.py) carries each layer's final (h, c) as its cache, stacked [L, B, D]:
-``decode`` continues the recurrence from it over a prompt or one new token.
+Decoding (lm/infer/decode.py, through the protocol of lm/models/decoding.py) carries each layer's
+final (h, c) as its cache, stacked [L, B, D]: ``decode`` continues the recurrence from it over a
+prompt or one new token.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from lm.models.config import ModelConfig
+from lm.models.decoding import RecurrentDecoding
 from lm.models.layers import Dense, Embed, dropout, param
 from lm.parallel.axes import constrain
 
@@ -204,11 +206,46 @@ class LSTMLM(nnx.Module):
         x_btd = dropout(x_btd, self.cfg.dropout, _fold(dropout_rng, len(self.layers)))
         return self._logits(x_btd)
 
-    def init_cache(self, batch: int) -> dict:
-        """Zero states: h [L, B, D] in the compute dtype, c [L, B, D] in float32."""
+    def forward(self, batch: dict, packed: bool = False,
+                dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+        """Logits [B, T, V] of a batch; positions reset the state, so packing needs no more."""
+        del packed
+        return self(batch["inputs"], batch["positions"], None, dropout_rng)
+
+    # The decoding protocol (lm/models/decoding.py): the cache is the state after the last token.
+    @property
+    def decoding(self) -> RecurrentDecoding:
+        return RecurrentDecoding(self.cfg)
+
+    can_generate = True
+
+    def init_cache(self, batch: int, length: int = 0) -> dict:
+        """Zero states: h [L, B, D] in the compute dtype, c [L, B, D] in float32 (``length`` is
+        the protocol's; a state has no slots)."""
+        del length
         shape = (self.cfg.num_layers, batch, self.cfg.d_model)
         return {"h": constrain(jnp.zeros(shape, jnp.dtype(self.cfg.dtype)), _STATE_AXES),
                 "c": constrain(jnp.zeros(shape, jnp.float32), _STATE_AXES)}
+
+    def prefill(self, inputs: dict, cache: dict):
+        """Logits [B, V] after each left-padded prompt: the state resets at each row's first
+        token (position 0, as on every padding slot before it)."""
+        tokens_bp, pad_b = inputs["tokens"], inputs["pad"]
+        positions_bp = jnp.maximum(jnp.arange(tokens_bp.shape[1])[None, :] - pad_b[:, None], 0)
+        logits_bpv, cache = self.decode(tokens_bp, positions_bp, cache)
+        return logits_bpv[:, -1].astype(jnp.float32), cache
+
+    def decode_step(self, tokens_b, cache: dict, slot):
+        """Logits [B, V] after one more token per row (never a reset: positions are past 0)."""
+        del slot
+        logits_b1v, cache = self.decode(tokens_b[:, None], jnp.ones_like(tokens_b)[:, None], cache)
+        return logits_b1v[:, 0].astype(jnp.float32), cache
+
+    def grow_cache(self, cache: dict, length: int) -> dict:
+        return cache
+
+    def select_rows(self, cache: dict, rows_n) -> dict:
+        return jax.tree.map(lambda x: jnp.take(x, rows_n, axis=1), cache)
 
     def decode(self, tokens_bt: jax.Array, positions_bt: jax.Array,
                cache: dict) -> tuple[jax.Array, dict]:

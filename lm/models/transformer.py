@@ -9,8 +9,10 @@ with ``lax.scan`` (``scan_layers``) so that compile time does not grow with dept
 run by the pipeline schedule of ``lm/parallel/pipeline.py``. Every way a block runs through one
 pure function of (block state, x), so remat applies identically.
 
-Decoding (lm/infer/decode.py) calls ``decode`` with a key/value cache stacked on a leading layers
-axis [L, B, G, S, K] for every kind of stack; a pipelined stack decodes as its L layers in turn.
+Decoding (lm/infer/decode.py) goes through the protocol of lm/models/decoding.py (``init_cache``,
+``prefill``, ``decode_step``), which calls ``decode`` with a key/value cache stacked on a leading
+layers axis [L, B, G, S, K] for every kind of stack; a pipelined stack decodes as its L layers in
+turn.
 
 Fine-tuning parameters (lm/peft, docs/peft.md) are attached by ``lm.models.build``: LoRA factors
 inside dense layers, Houlsby adapters in each block (``adapter_attention``, ``adapter_mlp``), a
@@ -30,6 +32,7 @@ from flax import nnx
 from lm.models import positions as pos
 from lm.models.attention import Attention, CacheStep, empty_kv_cache, layer_prefix
 from lm.models.config import ModelConfig
+from lm.models.decoding import SlotCache
 from lm.models.layers import MLP, Dense, Embed, Norm, dropout, param
 from lm.parallel.axes import constrain
 from lm.parallel.pipeline import pipeline_apply
@@ -209,7 +212,7 @@ def add_positions(cfg: ModelConfig, table, x_btd, positions_bt, rng):
     return constrain(dropout(x_btd, cfg.dropout, rng), _X_AXES)
 
 
-class Decoder(nnx.Module):
+class Decoder(SlotCache, nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed = Embed(cfg.vocab_size, cfg, rngs)
@@ -245,12 +248,16 @@ class Decoder(nnx.Module):
                                  bidirectional_bt, prefix)
         return self._logits(x_btd)
 
-    def init_cache(self, batch: int, length: int) -> dict:
-        """An empty key/value cache of ``length`` slots for ``batch`` rows."""
-        if self.cfg.arch == "encoder":
-            raise ValueError("config.model.arch='encoder' does not generate: it has no causal "
-                             "decoder to cache")
-        return empty_kv_cache(batch, length, self.cfg, self.cfg.num_layers)
+    def forward(self, batch: dict, packed: bool = False,
+                dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+        """Logits [B, T, V] of a batch: inputs, positions, segment_ids when packed, and a prefix
+        decoder's ``bidirectional`` prefix marks."""
+        segment_ids = batch["segment_ids"] if packed else None
+        prefix = batch.get("bidirectional") if self.decoding.bidirectional_prompt else None
+        return self(batch["inputs"], batch["positions"], segment_ids, dropout_rng, prefix)
+
+    def _decode_slots(self, tokens_bt, positions_bt, cache: dict, step: CacheStep):
+        return self.decode(tokens_bt, positions_bt, cache["self"], step)
 
     def decode(self, tokens_bt: jax.Array, positions_bt: jax.Array, cache: dict,
                step: CacheStep) -> tuple[jax.Array, dict]:

@@ -23,6 +23,7 @@ from flax import nnx
 from lm.configlib import ConfigError
 from lm.models.config import ModelConfig
 from lm.models.layers import Dense, dropout
+from lm.peft.low_rank import low_rank_product
 from lm.peft.stacking import leading_axes, own_axis_names, stacked_param
 
 SHOWN_PATHS = 8  # kernel paths listed when the target regex matches none
@@ -51,7 +52,7 @@ class LoRA(nnx.Module):
         a_kr = self.a[...].astype(x.dtype).reshape(self.in_size, -1)
         b_rm = self.b[...].astype(x.dtype)
         b_rm = b_rm.reshape(b_rm.shape[0], -1)
-        return (x_nk @ a_kr) @ b_rm * self.scale
+        return low_rank_product(x_nk, a_kr, b_rm) * self.scale
 
 
 def _uniform(bound: float):

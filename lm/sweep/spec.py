@@ -20,7 +20,7 @@ class Variant:
     """One run: the base config with ``overrides`` applied, run by the named runner."""
     name: str
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    runner: str = "train"
+    runner: str = "pretrain"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +91,7 @@ def variant_name(overrides: Mapping[str, Any], short: Optional[Mapping[str, str]
     return ",".join(f"{short[key]}={format_value(value)}" for key, value in overrides.items())
 
 
-def grid(axes: Mapping[str, Sequence[Any]], runner: str = "train") -> list[Variant]:
+def grid(axes: Mapping[str, Sequence[Any]], runner: str = "pretrain") -> list[Variant]:
     """The cartesian product of ``axes`` (dotted key -> values), first axis outermost."""
     keys = list(axes)
     short = _short_keys(keys)

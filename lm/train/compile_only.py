@@ -8,6 +8,8 @@ a laptop: with ``--xla_force_host_platform_device_count=N`` any mesh shape can b
 from __future__ import annotations
 
 import collections
+import json
+import os
 import re
 import time
 
@@ -15,9 +17,21 @@ import jax
 import numpy as np
 
 from lm.data.pipeline import BATCH_KEYS
-from lm.train.loop import Trainer
+from lm.train.trainer import Trainer
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def run_compile(config, workdir: str = "", devices=None) -> dict:
+    """``config.mode='compile'``: the report of the train step compiled for the configured mesh,
+    printed and (with a workdir) written to ``<workdir>/compile.json``."""
+    from lm.fileio import write_atomically
+
+    report = compile_report(Trainer(config, workdir="", devices=devices))
+    print(format_report(report), flush=True)
+    if workdir:
+        write_atomically(os.path.join(workdir, "compile.json"), json.dumps(report, indent=2) + "\n")
+    return report
 
 
 def abstract_batch(trainer: Trainer) -> dict:

@@ -9,6 +9,9 @@ without PEFT; trains on the instruction mixture of ``config.sft`` (``lm.instruct
 on response tokens and their EOS only; and measures held-out exact match before and after. With a
 PEFT method only the method's parameters train (``lm.peft``) and are also saved on their own in
 ``<workdir>/adapter``. Results: ``<workdir>/sft_result.json``.
+
+SFT is the fit loop (``lm.train.fit``) with instruction rows as data, the pretrained parameters
+as the initial state and an exact-match hook; every section is checked before anything trains.
 """
 from __future__ import annotations
 
@@ -22,98 +25,18 @@ from typing import Optional
 import jax
 import numpy as np
 
-from lm.configlib import ConfigError, from_section
-from lm.data import pipeline as data_lib
+from lm.configlib import ConfigError
 from lm.fileio import write_atomically
-from lm.train.checkpoint import Checkpointer, CheckpointError
-from lm.train.workdir import check_workdir, save_config
+from lm.train.checkpoint import CheckpointError
+from lm.train.fit import fit
+from lm.train.run import Run
+from lm.train.sft_data import (SFTConfig, eval_row_batches, held_out_instances, mixture_instances,
+                               mixture_parts, sft_config)
+from lm.train.trainer import Trainer
 
+__all__ = ["SFTConfig", "eval_row_batches", "final_answer", "mixture_parts", "sft", "run_sft",
+           "validate_sft"]
 log = logging.getLogger("lm.sft")
-OVERFLOW_POLICIES = ("skip", "error")
-
-
-@dataclasses.dataclass(frozen=True)
-class SFTConfig:
-    """``config.sft``: the instruction data and the before/after evaluation."""
-    mixture: str = "arithmetic"       # 'name[*weight],...' of lm.instruct.datasets names
-    train_instances: int = 7000       # instances drawn from the mixture (by weight)
-    eval_data: str = "arithmetic"     # held-out instances (the 'validation' split)
-    eval_instances: int = 200
-    pack: bool = False                # several instances per row (segment ids)
-    on_overflow: str = "skip"         # an instance longer than the context: skip (counted) | error
-    max_new_tokens: int = 24          # greedy answer length for exact match
-    pretrain_config: str = ""         # experiment file trained into init_from when it is empty
-
-    def validated(self) -> "SFTConfig":
-        if self.on_overflow not in OVERFLOW_POLICIES:
-            raise ConfigError(f"config.sft.on_overflow={self.on_overflow!r}: use one of {OVERFLOW_POLICIES}")
-        for name in ("train_instances", "eval_instances", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"config.sft.{name}={getattr(self, name)} must be >= 1")
-        mixture_parts(self.mixture)
-        return self
-
-
-def mixture_parts(mixture: str) -> list[tuple[str, float]]:
-    """'a*0.9,b*0.1' -> [('a', 0.9), ('b', 0.1)]; a name without a weight weighs 1."""
-    parts = []
-    for item in (p.strip() for p in mixture.split(",")):
-        if not item:
-            continue
-        name, _, weight = item.rpartition("*") if "*" in item else (item, "", "1")
-        try:
-            value = float(weight)
-        except ValueError:
-            raise ConfigError(f"config.sft.mixture item {item!r}: the weight after '*' must be a number") from None
-        if value <= 0:
-            raise ConfigError(f"config.sft.mixture item {item!r}: the weight must be positive")
-        parts.append((name.strip(), value))
-    if not parts:
-        raise ConfigError("config.sft.mixture is empty: name at least one instruction dataset, e.g. 'arithmetic'")
-    return parts
-
-
-def _dataset(instruction_dataset, name: str, split: str, count: int, seed: int, fields: str) -> list:
-    """The named instruction dataset, its errors (bad name, file, count) as config errors."""
-    try:
-        return instruction_dataset(name, split, count, seed)
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(f"{fields}: {e}") from None
-
-
-def sft_config(config) -> SFTConfig:
-    return from_section(SFTConfig, config.get("sft"), "config.sft").validated()
-
-
-# ----------------------------------------------------------------------------- data
-
-def mixture_instances(cfg: SFTConfig, seed: int) -> list:
-    """``train_instances`` training instances, each dataset's share by weight, interleaved."""
-    from lm.instruct.datasets import instruction_dataset
-
-    parts = mixture_parts(cfg.mixture)
-    total = sum(w for _, w in parts)
-    counts = [int(round(cfg.train_instances * w / total)) for _, w in parts]
-    instances = []
-    for index, ((name, _), count) in enumerate(zip(parts, counts)):
-        if count:
-            instances.extend(_dataset(instruction_dataset, name, "train", count, seed + index,
-                                      "config.sft.mixture / config.sft.train_instances"))
-    order = np.random.default_rng(seed).permutation(len(instances))
-    return [instances[i] for i in order]
-
-
-def eval_row_batches(arrays: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
-    """Held-out rows in order, the last batch padded with weightless copies of row 0."""
-    rows = len(arrays["weights"])
-    batches = []
-    for start in range(0, rows, batch_size):
-        picks = np.arange(start, start + batch_size)
-        real = picks < rows
-        batch = {key: value[np.where(real, picks, 0)] for key, value in arrays.items()}
-        batch["weights"] = batch["weights"] * real[:, None]
-        batches.append(batch)
-    return batches
 
 
 # ----------------------------------------------------------------------------- exact match
@@ -125,16 +48,14 @@ def final_answer(text: str) -> str:
     return extract_answer(text, "number") or text.strip()
 
 
-def answer_scores(trainer, params, instances, max_new_tokens: int, batch_size: int) -> tuple[dict, list[dict]]:
-    """Greedy answers to held-out instances: exact match of the whole response and of its final
-    answer (the two differ for chain-of-thought responses), in percent, and every answer."""
-    from lm.eval.scoring import ModelScorer
+def answer_scores(run: Run, params, instances, max_new_tokens: int, batch_size: int) -> tuple[dict, list[dict]]:
+    """Greedy answers to held-out instances on the run's mesh: exact match of the whole response
+    and of its final answer (the two differ for chain-of-thought responses), in percent, and
+    every answer."""
     from lm.infer.decode import DecodeSettings
 
-    exp = trainer.exp
-    vocab = data_lib.vocabulary(exp.data)
-    scorer = ModelScorer(trainer.graphdef, jax.device_get(params), exp.model, vocab, exp.data.seq_len,
-                         batch_size)
+    vocab = run.vocab
+    scorer = run.scorer(params, batch_size)
     settings = DecodeSettings(max_new_tokens=max_new_tokens, temperature=0.0, stop_tokens=(vocab.eos_id,))
     outputs = scorer.generate_tokens([vocab.encode(i.prompt) for i in instances], settings)
     answers = [vocab.decode(tokens) for tokens in outputs]
@@ -146,132 +67,131 @@ def answer_scores(trainer, params, instances, max_new_tokens: int, batch_size: i
     return {"exact_match": 100.0 * float(np.mean(exact)), "answer_accuracy": 100.0 * float(np.mean(final))}, samples
 
 
+class ExactMatchHook:
+    """Held-out exact match before training (a fresh start) and after it."""
+
+    def __init__(self, cfg: SFTConfig, instances: list, batch_size: int):
+        self.cfg, self.instances, self.batch_size = cfg, instances, batch_size
+        self.samples: list[dict] = []
+
+    def _scores(self, trainer, params):
+        return answer_scores(trainer, params, self.instances, self.cfg.max_new_tokens, self.batch_size)
+
+    def start(self, trainer, state, resumed: bool) -> dict:
+        before = None
+        if not resumed:
+            before, _ = self._scores(trainer, state.params)
+            print(f"before fine-tuning: {_fmt(before)}", flush=True)
+        return _before(trainer.workdir, before)
+
+    def end(self, trainer, state) -> dict:
+        after, self.samples = self._scores(trainer, state.params)
+        print(f"after fine-tuning: {_fmt(after)}", flush=True)
+        return {f"sft/after/{k}": v for k, v in after.items()}
+
+
 # ----------------------------------------------------------------------------- start
 
-def base_params(config, init_from: str, model_cfg) -> dict:
-    """The parameters of the latest checkpoint in ``init_from``, on the host, after checking that
-    its model is ``model_cfg`` without PEFT."""
-    from lm.eval.scoring import saved_config
-    from lm.peft import PeftConfig
-    from lm.train.loop import Trainer, restore_checkpoint
+def base_run(init_from: str, trainer: Trainer) -> Run:
+    """The pretrained run in ``init_from`` on ``trainer``'s mesh, after checking that its model
+    is ``trainer``'s without PEFT."""
+    devices = list(trainer.mesh.devices.flat)
+    base = Run.from_workdir(init_from, use_time={"mesh": trainer.config.mesh}, devices=devices)
+    check_base_model(base.exp.model, trainer.exp.model, f"config.init_from={init_from!r}")
+    return base
 
-    base_config = saved_config(init_from)
-    base = Trainer(base_config, init_from, devices=jax.local_devices()[:1])
-    wanted = dataclasses.replace(model_cfg, peft=PeftConfig())
-    have = dataclasses.replace(base.exp.model, peft=PeftConfig())
+
+def check_base_model(have, wanted, where: str) -> None:
+    """``have`` (a pretrained model) must be ``wanted`` (the fine-tuned one) without PEFT."""
+    from lm.peft import PeftConfig
+
+    wanted = dataclasses.replace(wanted, peft=PeftConfig())
+    have = dataclasses.replace(have, peft=PeftConfig())
     differ = [f"{f.name}: {getattr(have, f.name)!r} there, {getattr(wanted, f.name)!r} here"
               for f in dataclasses.fields(wanted) if getattr(have, f.name) != getattr(wanted, f.name)]
     if differ:
-        raise ConfigError(f"config.init_from={init_from!r} holds a different model ({'; '.join(differ)}); "
+        raise ConfigError(f"{where} holds a different model ({'; '.join(differ)}); "
                           f"make config.model match the pretrained run")
-    state, step = restore_checkpoint(base, init_from)
-    log.info("starting from step %d of %s", step, init_from)
-    return jax.device_get(state.params)
 
 
-def initial_state(trainer, init_from: str, config):
-    """A fresh train state whose base parameters are the pretrained ones (the PEFT parameters
-    keep their initial values; a soft prompt starts from the pretrained embeddings)."""
-    from lm.train.state import TrainState
-
+def initial_params(trainer: Trainer, init_from: str) -> dict:
+    """Fresh parameters whose base part is the pretrained one, all sharded on the mesh (the PEFT
+    parameters keep their initial values; a soft prompt starts from the pretrained embeddings)."""
     from lm.peft.params import with_base
     from lm.peft.prompt import initialize_soft_prompt
 
     model_cfg = trainer.exp.model
-    state = trainer.init_state()
-    base = base_params(config, init_from, model_cfg)
-    params = with_base(jax.device_get(state.params), base, model_cfg) if model_cfg.peft.adds_parameters else base
+    base, step = base_run(init_from, trainer).restore()
+    log.info("starting from step %d of %s", step, init_from)
+    if not model_cfg.peft.adds_parameters:
+        return base
+    params = with_base(trainer.init_params(), base, model_cfg)
     if model_cfg.peft.method == "prompt":  # from the pretrained embeddings, not the fresh ones
-        vocab = data_lib.vocabulary(trainer.exp.data)
-        params = initialize_soft_prompt(params, model_cfg, vocab.encode, trainer.exp.seed)
-    params = jax.device_put(params, trainer.shardings.params)
-    opt_state = jax.jit(trainer.optimizer.init, out_shardings=trainer.shardings.opt_state)(params)
-    return TrainState(step=state.step, params=params, opt_state=opt_state)
+        params = initialize_soft_prompt(params, model_cfg, trainer.vocab.encode, trainer.exp.seed)
+    return jax.device_put(params, trainer.param_shardings)
 
 
 def ensure_pretrained(cfg: SFTConfig, init_from: str, devices=None) -> None:
     """Pretrains ``cfg.pretrain_config`` into ``init_from`` when it holds no checkpoint."""
-    checkpoints = os.path.join(init_from, "checkpoints")
-    if os.path.isdir(checkpoints) and os.listdir(checkpoints):
+    if pretrained(init_from):
         return
+    from lm.train.loop import pretrain
+
+    print(f"no checkpoint in {init_from}: pretraining {cfg.pretrain_config} there first", flush=True)
+    pretrain(pretrain_config(cfg, init_from), init_from, devices)
+
+
+def pretrained(init_from: str) -> bool:
+    checkpoints = os.path.join(init_from, "checkpoints")
+    return os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))
+
+
+def pretrain_config(cfg: SFTConfig, init_from: str):
     if not cfg.pretrain_config:
         raise CheckpointError(f"config.init_from={init_from!r} holds no checkpoint: pretrain there first, "
                               f"or set config.sft.pretrain_config to an experiment file to train it")
     from lm.configlib import call_file_function
-    from lm.train.loop import pretrain
-
-    print(f"no checkpoint in {init_from}: pretraining {cfg.pretrain_config} there first", flush=True)
-    pretrain(call_file_function(cfg.pretrain_config, "get_config", "config.sft.pretrain_config"),
-             init_from, devices)
+    return call_file_function(cfg.pretrain_config, "get_config", "config.sft.pretrain_config")
 
 
 # ----------------------------------------------------------------------------- run
 
 def sft(config, workdir: str, devices=None) -> dict:
     """Fine-tunes ``config`` in ``workdir`` (resuming from its own checkpoint if it has one)."""
-    from lm.instruct.datasets import instruction_dataset
     from lm.instruct.rows import batches, instruction_rows
-    from lm.train.loop import Trainer, train_loop
-    from lm.train.metrics import MetricsWriter
-    from lm.train.plot import plot_losses
 
-    cfg = sft_config(config)
-    init_from = config.get("init_from") or ""
-    if not init_from:
-        raise ConfigError("config.mode='sft' needs config.init_from=<workdir of a pretrained run>")
-    ensure_pretrained(cfg, init_from, devices)
+    cfg = validate_sft(config)
+    init_from = config.init_from
     trainer = Trainer(config, workdir, devices)
-    exp = trainer.exp
-    os.makedirs(workdir, exist_ok=True)
-    check_workdir(workdir, exp)
-    vocab = data_lib.vocabulary(exp.data)
+    ensure_pretrained(cfg, init_from, devices)
+    exp, vocab = trainer.exp, trainer.vocab
     train_arrays, train_report = instruction_rows(mixture_instances(cfg, exp.seed), vocab, exp.data.seq_len,
                                                   pack=cfg.pack, on_overflow=cfg.on_overflow)
-    held_out = _dataset(instruction_dataset, cfg.eval_data, "validation", cfg.eval_instances, exp.seed,
-                        "config.sft.eval_data / config.sft.eval_instances")
+    held_out = held_out_instances(cfg, exp.seed)
     eval_arrays, _ = instruction_rows(held_out, vocab, exp.data.seq_len, on_overflow=cfg.on_overflow)
     log.info("instruction rows: %s", train_report)
     if len(train_arrays["inputs"]) < exp.data.batch_size:
         raise ConfigError(f"{len(train_arrays['inputs'])} instruction rows are fewer than config.data.batch_size="
                           f"{exp.data.batch_size}: raise config.sft.train_instances")
     train_iter = batches(train_arrays, exp.data.batch_size, exp.seed, jax.process_index(), jax.process_count())
-    eval_sets = {"": eval_row_batches(eval_arrays, exp.data.batch_size)}
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), exp.train.keep_checkpoints,
-                                exp.train.async_checkpoint)
-    try:
-        step = checkpointer.latest_step()
-        before = None
-        if step is None:
-            state = initial_state(trainer, init_from, config)
-            before, _ = answer_scores(trainer, state.params, held_out, cfg.max_new_tokens, exp.data.batch_size)
-            print(f"before fine-tuning: {_fmt(before)}", flush=True)
-        else:
-            state, data_state = checkpointer.restore(step, trainer.abstract_state)
-            train_iter.set_state(data_state)
-        save_config(workdir, config, exp)
-        writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
-        start = time.perf_counter()
-        try:
-            final, state = train_loop(trainer, state, train_iter, eval_sets, checkpointer, writer)
-        finally:
-            writer.close()
-    finally:
-        checkpointer.close()
-    after, samples = answer_scores(trainer, state.params, held_out, cfg.max_new_tokens, exp.data.batch_size)
-    print(f"after fine-tuning: {_fmt(after)}", flush=True)
-    from lm.train.metrics import read_metrics
-
-    logged: dict = {}
-    for row in read_metrics(workdir):  # a finished run reports its last logged figures again
-        logged.update(row)
-    result = {**logged, **final, **{f"sft/after/{k}": v for k, v in after.items()},
-              "sft/train_seconds": time.perf_counter() - start, **_row_counts(train_report),
-              **trainer.peft_summary()}
-    result.update(_before(workdir, before))
+    exact_match = ExactMatchHook(cfg, held_out, exp.data.batch_size)
+    start = time.perf_counter()
+    final, state = fit(trainer, lambda: trainer.state_from_params(initial_params(trainer, init_from)),
+                       train_iter, {"": eval_row_batches(eval_arrays, exp.data.batch_size)}, [exact_match])
+    result = {**_logged(workdir), **final, "sft/train_seconds": time.perf_counter() - start,
+              **_row_counts(train_report), **trainer.peft_summary()}
     if jax.process_index() == 0:
-        _write_results(workdir, trainer, state, result, samples)
-        plot_losses(workdir)
+        _write_results(workdir, trainer, state, result, exact_match.samples)
     return result
+
+
+def _logged(workdir: str) -> dict:
+    """The last logged value of every metric (a finished run reports its figures again)."""
+    from lm.train.metrics import read_metrics
+    logged: dict = {}
+    for row in read_metrics(workdir):
+        logged.update(row)
+    return logged
 
 
 def _fmt(scores: dict) -> str:
@@ -286,8 +206,7 @@ def _before(workdir: str, before: Optional[dict]) -> dict:
     """The 'before' scores: measured now, or read back from the first (interrupted) attempt."""
     path = os.path.join(workdir, "sft_before.json")
     if before is not None:
-        with open(path, "w") as f:
-            json.dump(before, f)
+        write_atomically(path, json.dumps(before))
     elif os.path.exists(path):
         with open(path) as f:
             before = json.load(f)
@@ -300,7 +219,7 @@ def _write_results(workdir: str, trainer, state, result: dict, samples: list[dic
     if trainer.exp.model.peft.method not in ("none", "full"):
         from lm.peft.params import save_adapter
 
-        save_adapter(os.path.join(workdir, "adapter"), jax.device_get(state.params), trainer.exp.model)
+        save_adapter(os.path.join(workdir, "adapter"), state.params, trainer.exp.model)
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -314,10 +233,17 @@ def run_sft(config, workdir: str, devices=None) -> dict:
     return result
 
 
-def validate_sft(config) -> None:
+def validate_sft(config) -> SFTConfig:
+    """Every section SFT reads, and the model it starts from (the saved one in config.init_from,
+    or the experiment that will be pretrained there), checked before anything trains."""
     from lm.train.experiment import Experiment
+    from lm.train.saved import read_config
 
-    Experiment.from_config(config)
-    sft_config(config)
-    if not config.get("init_from"):
+    exp = Experiment.from_config(config)
+    cfg = sft_config(config)
+    init_from = config.get("init_from") or ""
+    if not init_from:
         raise ConfigError("config.mode='sft' needs config.init_from=<workdir of a pretrained run>")
+    base = read_config(init_from) if pretrained(init_from) else pretrain_config(cfg, init_from)
+    check_base_model(Experiment.from_config(base).model, exp.model, f"config.init_from={init_from!r}")
+    return cfg

@@ -60,9 +60,11 @@ def _split_microbatches(batch: Batch, count: int) -> Batch:
 
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
-                    schedule: Callable, cfg: StepConfig) -> Callable:
-    grad_fn = jax.grad(lambda p, b, rng: loss_sums(graphdef, p, b, cfg.z_loss, cfg.packed, rng),
-                       has_aux=True)
+                    schedule: Callable, cfg: StepConfig, trainable=None) -> Callable:
+    """(state, batch) -> (state, metrics). With a ``trainable`` mask (PEFT), the loss is
+    differentiated with respect to the trainable leaves only, so the backward pass skips the
+    frozen weights' gradients; frozen leaves get zero updates (``lm.peft.optim.frozen``)."""
+    grad_fn = _grad_fn(graphdef, cfg, trainable)
 
     def accumulate(params, batch, rng):
         if cfg.grad_accum_steps == 1:
@@ -89,6 +91,33 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
                    "train/tokens": total_weight}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
     return train_step
+
+
+def _grad_fn(graphdef: nnx.GraphDef, cfg: StepConfig, trainable) -> Callable:
+    """(params, batch, rng) -> (gradient sums like params, (ce_sum, z_sum))."""
+    def loss(p, b, rng):
+        return loss_sums(graphdef, p, b, cfg.z_loss, cfg.packed, rng)
+    if trainable is None:
+        return jax.grad(loss, has_aux=True)
+
+    def trainable_loss(trained, params, b, rng):
+        return loss(jax.tree.map(_either, trained, params, is_leaf=_is_none), b, rng)
+
+    def grad_fn(params, b, rng):
+        trained = jax.tree.map(lambda p, t: p if t else None, params, trainable)
+        grads, aux = jax.grad(trainable_loss, has_aux=True)(trained, params, b, rng)
+        return jax.tree.map(lambda g, p: jnp.zeros_like(p) if g is None else g, grads, params,
+                            is_leaf=_is_none), aux
+    return grad_fn
+
+
+def _is_none(x) -> bool:
+    return x is None
+
+
+def _either(trained, param):
+    """The trainable leaf where there is one, else the (frozen, undifferentiated) parameter."""
+    return param if trained is None else trained
 
 
 def make_eval_step(graphdef: nnx.GraphDef, packed: bool = False) -> Callable:

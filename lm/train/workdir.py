@@ -11,7 +11,7 @@ from lm.train.experiment import Experiment
 
 # Fields that change parameter shapes or meaning; others (remat, attention kernel, dtype,
 # dropout) may differ between the run that wrote a checkpoint and the run that resumes it.
-_PARAMETER_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads",
+PARAMETER_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads",
                      "head_dim", "d_ff", "max_len", "positions", "norm", "mlp", "block",
                      "tie_embeddings", "use_bias", "scan_layers", "param_dtype",
                      "pipeline_stages", "pipeline_repeats", "peft")
@@ -26,7 +26,7 @@ def check_workdir(workdir: str, exp: Experiment) -> None:
         saved = json.load(f).get("model", {})
     now = dataclasses.asdict(exp.model)
     changed = [f"model.{name}: saved {saved.get(name)!r}, now {now[name]!r}"
-               for name in _PARAMETER_FIELDS if name in saved and saved[name] != now[name]]
+               for name in PARAMETER_FIELDS if name in saved and saved[name] != now[name]]
     if changed:
         raise CheckpointError(
             f"{workdir} holds checkpoints of a different model ({'; '.join(changed)}). Use a new "

@@ -1,0 +1,75 @@
+"""The one table of jobs: ``config.mode`` for ``launch.main`` and a sweep variant's ``runner``.
+
+Each mode is ``run(config, workdir, **options) -> dict`` (final metrics), ``validate(config)``
+(raises ConfigError for a mistake in any section the mode reads, before any work starts) and,
+for sweeps, optionally ``evaluate(config, workdir) -> dict`` (an extra evaluation of a finished
+run). Entries are 'module:function' strings, imported only when a mode is used, so that the
+table costs nothing to import. Options a mode may take: ``devices``, ``overrides`` (the dotted
+command-line overrides, for modes that read a trained workdir), ``interactive`` (sample).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from typing import Any, Callable, Optional, Union
+
+from lm.configlib import ConfigError
+
+
+Fn = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    run: Union[Fn, str]
+    validate: Union[Fn, str]
+    evaluate: Union[Fn, str, None] = None
+    summary: str = ""
+    reads_workdir: bool = False  # uses a trained run: model and data from its config.json
+
+    def resolved(self, name: str) -> "Mode":
+        """This mode with every 'module:function' imported (a clear error naming the mode)."""
+        return dataclasses.replace(self, **{field: _load(name, getattr(self, field))
+                                            for field in ("run", "validate", "evaluate")})
+
+
+def _load(name: str, fn: Union[Fn, str, None]) -> Optional[Fn]:
+    if not isinstance(fn, str):
+        return fn
+    module_name, _, attribute = fn.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"runner {name!r} needs {fn}, which cannot be loaded: {e}") from None
+
+
+MODES: dict[str, Mode] = {
+    "pretrain": Mode("lm.train.loop:run_pretrain", "lm.train.loop:validate_pretrain",
+                     "lm.train.loop:evaluate_checkpoint", "train from scratch (or resume)"),
+    "sft": Mode("lm.train.sft:run_sft", "lm.train.sft:validate_sft",
+                "lm.train.loop:evaluate_checkpoint", "instruction tuning from config.init_from"),
+    "eval": Mode("lm.eval.runner:evaluate_workdir", "lm.eval.runner:validate_eval",
+                 summary="validation loss and config.eval.tasks of a trained run", reads_workdir=True),
+    "sample": Mode("lm.infer.session:sample_workdir", "lm.infer.session:validate_sample",
+                   summary="continue prompts with a trained run", reads_workdir=True),
+    "compile": Mode("lm.train.compile_only:run_compile", "lm.train.loop:validate_pretrain",
+                    summary="compile the train step for the mesh; memory, FLOPs, collectives"),
+    "ngram": Mode("lm.baselines.run:run_ngram", "lm.baselines.run:validate_ngram",
+                  summary="Kneser-Ney n-gram baseline"),
+}
+
+
+def mode(name: str, what: str = "config.mode") -> Mode:
+    """The mode called ``name``, its functions imported; ``what`` names the field in errors."""
+    if name not in MODES:
+        close = difflib.get_close_matches(str(name), list(MODES), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ConfigError(f"{what}={name!r} is not one of the modes.{hint} Modes: "
+                          f"{', '.join(MODES)}.")
+    return MODES[name].resolved(name)
+
+
+def register_mode(name: str, entry: Mode) -> None:
+    """Adds a mode (e.g. a sweep's own runner) to the table."""
+    MODES[name] = entry
