@@ -342,7 +342,8 @@ def test_export_never_leaves_a_half_written_folder(exported, tmp_path, monkeypat
 # ----------------------------------------------------------------------------- a trained run
 
 def test_a_trained_workdir_exports_from_the_command_line(tmp_path, one_device, capsys):
-    from lm.train.loop import Trainer, pretrain, restore_checkpoint
+    from lm.train.loop import pretrain
+    from lm.train.run import Run
 
     llama = {key: LLAMA[key] for key in ("positions", "norm", "mlp", "block", "use_bias", "tie_embeddings")}
     config = small_config(steps=2, scan_layers=True, d_ff=48, **llama)
@@ -352,12 +353,12 @@ def test_a_trained_workdir_exports_from_the_command_line(tmp_path, one_device, c
 
     assert hf.main(["export", f"--workdir={workdir}", f"--out={out}", "--step=2"]) == 0
     assert f"exported step 2 of {workdir}" in capsys.readouterr().out
-    trainer = Trainer(config, workdir, one_device)
-    trained = jax.device_get(restore_checkpoint(trainer, workdir)[0].params)
+    run = Run(config, workdir, one_device)
+    trained = jax.device_get(run.restore()[0])
     cfg, imported = import_llama(out, scan_layers=True)
     assert all(jax.tree.leaves(jax.tree.map(np.array_equal, imported, trained)))
     tokens = random_tokens(cfg.vocab_size, seed=6)[:, :16]
-    assert max_diff(hf_logits(load_hf(out), tokens), our_logits(trainer.exp.model, trained, tokens)) < ATOL
+    assert max_diff(hf_logits(load_hf(out), tokens), our_logits(run.exp.model, trained, tokens)) < ATOL
     with open(os.path.join(out, files.CONFIG_FILE)) as f:
         assert json.load(f)["eos_token_id"] == 1
 

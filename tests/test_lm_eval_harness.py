@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
+from lm.configlib import ConfigError
 from lm.eval.scoring import ModelScorer
 from tests.helpers import ROOT, run_module, small_config
 
@@ -195,7 +196,7 @@ def test_model_args_are_converted_and_checked(tmp_path):
         HarnessModel.create_from_arg_string("workdir=runs/a,batch_size=0")
     with pytest.raises(ValueError, match="step='last' is not an integer"):
         HarnessModel.create_from_arg_obj({"workdir": "runs/a", "step": "last"})
-    with pytest.raises(FileNotFoundError, match="is not a training workdir"):
+    with pytest.raises(ConfigError, match="is not a training workdir"):
         HarnessModel.create_from_arg_string(f"workdir={tmp_path / 'missing'}")
 
 

@@ -17,6 +17,16 @@ LAYOUTS = {"data2_fsdp2_tensor2": dict(data=2, fsdp=2, tensor=2, kv_heads=2),
 ARCHS = ["decoder", "prefix_decoder", "encoder_decoder", "lstm"]
 PEFT = ["lora", "adapter", "prefix", "prompt"]
 PROMPTS = [[5, 6, 7], [9], [1, 2, 3, 4, 5, 6], [11, 12]]
+slow = pytest.mark.slow
+
+
+def cases(names, fast_in_second_layout=()):
+    """(layout, name) pairs: every name in the first layout by default; the second layout (one
+    KV head over tensor=4) by default only for ``fast_in_second_layout``, the rest under -m slow."""
+    first, second = LAYOUTS
+    return ([(first, name) for name in names] +
+            [pytest.param(second, name, marks=() if name in fast_in_second_layout else slow)
+             for name in names])
 
 
 def config_for(layout: dict, arch: str = "decoder", peft: str = "none"):
@@ -55,15 +65,13 @@ def _greedy(run, params, mesh=None, **settings):
     return generate(run.graphdef, params, PROMPTS, settings, context=24, mesh=mesh, rules=rules).tokens
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("layout,arch", cases(ARCHS, fast_in_second_layout=("decoder",)))
 def test_greedy_decoding_on_the_mesh_equals_one_device(layout, arch):
     run, sharded, single = model_pair(config_for(LAYOUTS[layout], arch))
     assert _greedy(run, sharded, run.mesh) == _greedy(run, single)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("peft", PEFT)
+@pytest.mark.parametrize("layout,peft", cases(PEFT, fast_in_second_layout=("prefix",)))
 def test_greedy_decoding_of_every_peft_method_on_the_mesh_equals_one_device(layout, peft):
     run, sharded, single = model_pair(config_for(LAYOUTS[layout], "decoder", peft))
     assert _greedy(run, sharded, run.mesh) == _greedy(run, single)
@@ -74,8 +82,7 @@ def test_beam_search_on_the_mesh_equals_one_device():
     assert _greedy(run, sharded, run.mesh, beam_size=2) == _greedy(run, single, beam_size=2)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("layout,arch", cases(ARCHS, fast_in_second_layout=("decoder",)))
 def test_loglikelihoods_on_the_mesh_agree_with_one_device(layout, arch):
     from lm.eval.scoring import ModelScorer
     run, sharded, single = model_pair(config_for(LAYOUTS[layout], arch))

@@ -66,10 +66,11 @@ def _assert_split(params, shardings):
 
 
 def test_the_workdir_config_gives_the_model_and_the_command_line_the_use_time(trained):
-    use = small_config()  # learned positions, as the experiment file says
+    use = small_config(arch="lstm")  # another model on the command line: the saved one is used
     use.eval.batch_size = 3
     run = Run.from_workdir(trained, use_time=use, devices=jax.devices()[:1])
-    assert run.exp.model.positions == "rope" and run.config.eval.batch_size == 3
+    assert run.exp.model.positions == "rope" and run.exp.model.arch == "decoder"
+    assert run.config.eval.batch_size == 3
     with pytest.raises(ConfigError, match=r"--config.model.d_model.*rope/config.json.*saved 32"):
         Run.from_workdir(trained, {"model.d_model": 64}, use_time=use, devices=jax.devices()[:1])
     same = Run.from_workdir(trained, {"model.positions": "rope", "data.seq_len": 8}, use_time=use,
