@@ -154,6 +154,11 @@ def test_build_tasks_limits_rows_and_refuses_bad_names(tmp_path):
         build_tasks(EvalConfig(tasks="lastword"), lambda: text)
     with pytest.raises(ConfigError, match="pass_k"):
         EvalConfig(pass_k="1,x").validated()
+    # The same names are refused when the section is validated, before a checkpoint is read.
+    with pytest.raises(ConfigError, match="unknown task 'lastword'.*last_word"):
+        EvalConfig(tasks="lastword").validated()
+    with pytest.raises(ConfigError, match="existing file"):
+        EvalConfig(tasks=f"choice:{tmp_path}/missing.jsonl").validated()
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps({"context": "2+2=", "target": "4"}) + "\n\n" + json.dumps({"context": "x"}) + "\n")
     with pytest.raises(ConfigError, match="row 1: missing field.*target"):

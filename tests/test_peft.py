@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +17,8 @@ from flax import nnx
 
 from lm.configlib import ConfigError
 from lm.infer.decode import DecodeSettings, generate
-from lm.models import ModelConfig, build
+from lm import models, peft as peft_lib
+from lm.models import ModelConfig
 from lm.parallel import MeshConfig, axis_rules, make_mesh
 from lm.parallel.axes import STANDARD_RULES
 from lm.parallel.sharding import batch_sharding, param_shardings
@@ -32,12 +35,28 @@ B, T = 2, 12
 ALL_KERNELS = r".*kernel"
 
 
-def config(method: str = "none", peft: dict | None = None, **model) -> ModelConfig:
-    return ModelConfig(**{**BASE, **model}, peft=PeftConfig(method=method, **(peft or {}))).validated()
+class Setup(NamedTuple):
+    """A base model's configuration and the PEFT method attached to it."""
+    model: ModelConfig
+    peft: PeftConfig
 
 
-def base_of(cfg: ModelConfig) -> ModelConfig:
-    return dataclasses.replace(cfg, peft=PeftConfig())
+def config(method: str = "none", peft: dict | None = None, **model) -> Setup:
+    model_cfg = ModelConfig(**{**BASE, **model}).validated()
+    peft_cfg = PeftConfig(method=method, **(peft or {})).validated()
+    peft_cfg.check_model(model_cfg)
+    return Setup(model_cfg, peft_cfg)
+
+
+def build(cfg, seed: int = 0):
+    """The model of ``cfg`` (a Setup, or a ModelConfig: no PEFT)."""
+    if isinstance(cfg, ModelConfig):
+        return models.build(cfg, seed)
+    return peft_lib.build(cfg.model, cfg.peft, seed)
+
+
+def base_of(cfg: Setup) -> ModelConfig:
+    return cfg.model
 
 
 def split(model) -> tuple[nnx.GraphDef, dict]:
@@ -83,10 +102,13 @@ def leaves(tree) -> dict:
 
 def test_none_is_the_plain_model_and_configs_stay_hashable():
     cfg = config()
-    assert cfg == ModelConfig(**BASE).validated() and hash(cfg) == hash(ModelConfig(**BASE))
-    assert not any(peft_params.is_peft_path(path) for path in peft_params.expected_shapes(cfg))
+    assert cfg.model == ModelConfig(**BASE).validated() and hash(cfg) == hash(config())
+    assert not any(peft_params.is_peft_path(path) for path in peft_params.expected_shapes(cfg.model))
+    graphdef, params = split(build(cfg, seed=1))
+    base_graphdef, base_params = split(models.build(cfg.model, seed=1))
+    assert graphdef == base_graphdef and jax.tree.all(jax.tree.map(np.array_equal, params, base_params))
     # A config section (or a saved config.json) gives the PEFT settings as a mapping.
-    assert ModelConfig(**BASE, peft={"method": "lora", "lora_rank": 2}).peft == PeftConfig("lora", lora_rank=2)
+    assert PeftConfig.from_config({"method": "lora", "lora_rank": 2}) == PeftConfig("lora", lora_rank=2)
 
 
 @pytest.mark.parametrize("peft, model, message", [
@@ -101,7 +123,7 @@ def test_none_is_the_plain_model_and_configs_stay_hashable():
 ])
 def test_bad_configs_are_refused_naming_the_field(peft, model, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        ModelConfig(**{**BASE, **model}, peft=PeftConfig(**peft)).validated()
+        PeftConfig(**peft).validated().check_model(ModelConfig(**{**BASE, **model}).validated())
 
 
 def test_lora_targets_matching_nothing_names_the_regex_and_real_paths():
@@ -109,7 +131,7 @@ def test_lora_targets_matching_nothing_names_the_regex_and_real_paths():
     with pytest.raises(ConfigError, match=r"lora_targets='\.\*attn/q_proj\.\*'.*blocks/0/attention/query/kernel"):
         nnx.eval_shape(lambda: build(cfg))
     with pytest.raises(ConfigError, match="matches no dense kernel"):
-        peft_params.closed_form_trainable_count(cfg)
+        peft_params.closed_form_trainable_count(*cfg)
 
 
 # ----------------------------------------------------------------------------- each method vs base
@@ -148,7 +170,7 @@ def test_reparameterized_prefix_is_the_mlp_output_as_direct_prefixes():
     mlp_cfg = config("prefix", dict(prefix_length=3, prefix_hidden=16))
     mlp_graphdef, mlp_params = split(build(mlp_cfg, seed=2))
     slots = jax.jit(lambda p: nnx.merge(mlp_graphdef, p).prefix_tuning())(mlp_params)
-    direct_cfg = dataclasses.replace(mlp_cfg, peft=PeftConfig("prefix", prefix_length=3))
+    direct_cfg = Setup(mlp_cfg.model, PeftConfig("prefix", prefix_length=3))
     graphdef, params = split(build(direct_cfg, seed=2))
     params["prefix_tuning"] = {"key": slots["key"], "value": slots["value"]}
     np.testing.assert_allclose(forward(graphdef, params, tokens()), forward(mlp_graphdef, mlp_params, tokens()),
@@ -164,7 +186,7 @@ def test_prompt_initialized_from_text_is_that_text_prepended(model):
     text_ids = [5, 9, 2]
     cfg = config("prompt", dict(prompt_length=3, prompt_init="text:abc"), **model)
     graphdef, params = split(build(cfg, seed=4))
-    params = initialize_soft_prompt(params, cfg, encode=lambda text: text_ids)
+    params = initialize_soft_prompt(params, *cfg, encode=lambda text: text_ids)
     np.testing.assert_array_equal(params["soft_prompt"], params["embed"]["embedding"][np.array(text_ids)])
     base_graphdef, base_params = split(build(base_of(cfg), seed=4))
     toks = tokens()
@@ -182,6 +204,45 @@ def test_prompt_in_a_packed_row_is_prepended_to_every_document():
     packed = forward(graphdef, params, toks, jnp.asarray(positions), jnp.asarray(segments))
     first, second = forward(graphdef, params, toks[:, :6]), forward(graphdef, params, toks[:, 6:])
     np.testing.assert_allclose(packed, np.concatenate([first, second], axis=1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_prefix_and_prompt_models_keep_the_base_parameters_and_pack_like_separate_rows(method):
+    """The subclassed decoder has the base model's parameters (same seed); packed documents each
+    see the learned slots, as if each were its own row."""
+    cfg = config(method, dict(prefix_length=3, prompt_length=3), positions="alibi")
+    graphdef, params = split(build(cfg, seed=5))
+    base_part, _ = peft_params.split_adapter(params, peft_params.trainable_mask(params, cfg.peft))
+    assert jax.tree.all(jax.tree.map(np.array_equal, base_part, split(build(cfg.model, seed=5))[1]))
+    toks = tokens(length=10)
+    segments = np.array([[1] * 6 + [2] * 4] * B, np.int32)
+    positions = np.array([list(range(6)) + list(range(4))] * B, np.int32)
+    packed = forward(graphdef, params, toks, jnp.asarray(positions), jnp.asarray(segments))
+    first, second = forward(graphdef, params, toks[:, :6]), forward(graphdef, params, toks[:, 6:])
+    np.testing.assert_allclose(packed, np.concatenate([first, second], axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_model_cache_starts_with_the_learned_slots():
+    """A prefix-tuned model is a learned pre-filled KV cache: init_cache holds the P slots of
+    every layer first, zeros after (grown caches keep them)."""
+    cfg = config("prefix", dict(prefix_length=3), scan_layers=True)
+    model = build(cfg, seed=6)
+    slots = model.prefix_tuning()
+    cache = model.grow_cache(model.init_cache(2, 4), 6)
+    for name in ("key", "value"):
+        kv = np.asarray(cache["self"][name])  # [L, B, G, P + S, K]
+        assert kv.shape[3] == 3 + 6
+        for row in range(2):
+            np.testing.assert_array_equal(kv[:, row, :, :3], np.swapaxes(np.asarray(slots[name]), 1, 2))
+        assert not kv[:, :, :, 3:].any()
+
+
+def test_prefix_training_forward_draws_dropout_only_with_an_rng():
+    cfg = config("prefix", dict(prefix_length=3), dropout=0.3)
+    graphdef, params = split(build(cfg))
+    plain = forward(graphdef, params, tokens())
+    np.testing.assert_array_equal(forward(graphdef, params, tokens()), plain)
+    assert np.abs(forward(graphdef, params, tokens(), dropout_rng=jax.random.key(0)) - plain).max() > 1e-3
 
 
 def test_prompt_longer_than_the_learned_position_table_is_refused():
@@ -212,7 +273,7 @@ def test_merged_lora_equals_unmerged_and_unmerge_inverts_merge(model):
     graphdef, params = split(build(cfg, seed=6))
     params = perturbed(params, cfg, scale=0.2)
     mask = peft_params.trainable_mask(params, cfg.peft)
-    merged = peft_params.merge_lora(params, cfg)
+    merged = peft_params.merge_lora(params, cfg.peft)
     want = forward(graphdef, params, tokens())
     np.testing.assert_allclose(forward(graphdef, merged, tokens()), want, rtol=1e-5, atol=1e-5)
     # Served without the (now zero) factors, as the base model:
@@ -222,7 +283,7 @@ def test_merged_lora_equals_unmerged_and_unmerge_inverts_merge(model):
     unadapted = peft_params.split_adapter(params, mask)[0]
     assert np.abs(forward(base_graphdef, unadapted, tokens()) - want).max() > 1.0  # LoRA matters
     np.testing.assert_allclose(forward(base_graphdef, base_params, tokens()), want, rtol=1e-5, atol=1e-5)
-    restored = peft_params.unmerge_lora(merged, cfg, peft_params.split_adapter(params, mask)[1])
+    restored = peft_params.unmerge_lora(merged, cfg.peft, peft_params.split_adapter(params, mask)[1])
     for path, value in leaves(params).items():
         np.testing.assert_allclose(leaves(restored)[path], value, rtol=0, atol=1e-6, err_msg=path)
 
@@ -309,9 +370,9 @@ def test_trainable_count_equals_closed_form(method, model):
     cfg = config(kind, peft, **COUNT_MODELS[model])
     abstract = nnx.split(nnx.eval_shape(lambda: build(cfg)))[1].to_pure_dict()
     counted = peft_params.count_trainable(abstract, cfg.peft)
-    assert counted == peft_params.closed_form_trainable_count(cfg)
+    assert counted == peft_params.closed_form_trainable_count(*cfg)
     total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
-    assert total - (0 if kind == "full" else counted) == peft_params.base_parameter_count(cfg)
+    assert total - (0 if kind == "full" else counted) == peft_params.base_parameter_count(cfg.model)
 
 
 # ----------------------------------------------------------------------------- adapter files
@@ -322,7 +383,7 @@ def test_adapter_file_round_trip(tmp_path):
     graphdef, params = split(build(cfg, seed=8))
     params = jax.tree.map(np.asarray, perturbed(params, cfg))
     path = os.path.join(tmp_path, "run", "adapter")
-    peft_params.save_adapter(path, params, cfg)
+    peft_params.save_adapter(path, params, *cfg)
     assert os.listdir(os.path.dirname(path)) == ["adapter"]  # no temporary file left behind
     adapter, peft = peft_params.load_adapter(path)
     assert peft == cfg.peft
@@ -332,11 +393,11 @@ def test_adapter_file_round_trip(tmp_path):
     for name, value in leaves(want_adapter).items():
         got = leaves(adapter)[name]
         assert got.dtype == value.dtype and got.tobytes() == value.tobytes(), name
-    joined = peft_params.join_adapter(base, adapter, cfg)
+    joined = peft_params.join_adapter(base, adapter, *cfg)
     assert jax.tree.structure(joined) == jax.tree.structure(params)
     assert jax.tree.all(jax.tree.map(np.array_equal, joined, params))
     again, again_cfg = peft_params.load_adapter_onto(path, base, base_of(cfg))
-    assert again_cfg == cfg and jax.tree.all(jax.tree.map(np.array_equal, again, params))
+    assert again_cfg == cfg.peft and jax.tree.all(jax.tree.map(np.array_equal, again, params))
 
 
 def test_adapter_file_keeps_bfloat16_bits(tmp_path):
@@ -346,7 +407,7 @@ def test_adapter_file_keeps_bfloat16_bits(tmp_path):
               "blocks": {0: {"adapter_mlp": {"up": jnp.asarray(rng.standard_normal((2, 3)), jnp.bfloat16),
                                              "up_bias": jnp.asarray(rng.standard_normal(3), jnp.bfloat16)}}}}
     path = os.path.join(tmp_path, "adapter.npz")
-    peft_params.save_adapter(path, params, cfg)
+    peft_params.save_adapter(path, params, *cfg)
     adapter, _ = peft_params.load_adapter(path)
     _, want = peft_params.split_adapter(params, peft_params.trainable_mask(params, cfg.peft))
     for name, value in leaves(want).items():
@@ -354,15 +415,37 @@ def test_adapter_file_keeps_bfloat16_bits(tmp_path):
         assert got.dtype == jnp.bfloat16 and got.tobytes() == value.tobytes(), name
 
 
+def test_version_1_adapter_files_are_read_with_the_current_paths(tmp_path):
+    """Version 1 files named the bottleneck adapters by block (blocks/0/adapter_mlp/up); they
+    now live in the output projection they follow (blocks/0/mlp/wo/adapter/up)."""
+    cfg = config("adapter", dict(adapter_dim=4))
+    params = perturbed(split(build(cfg, seed=8))[1], cfg)
+    base, adapter = peft_params.split_adapter(params, peft_params.trainable_mask(params, cfg.peft))
+    old_names = {("attention", "out", "adapter"): "adapter_attention", ("mlp", "wo", "adapter"): "adapter_mlp"}
+    entries, arrays = [], {}
+    for index, (path, leaf) in enumerate(peft_params.leaves_with_paths(adapter)):
+        old = (path[0], path[1], old_names[path[2:5]], *path[5:])  # blocks, i, adapter_*, leaf
+        entries.append({"path": list(old), "dtype": "float32", "shape": list(np.shape(leaf))})
+        arrays[f"p{index}"] = np.asarray(leaf)
+    metadata = {"format": peft_params.ADAPTER_FORMAT, "version": 1, "parameters": entries,
+                "peft": dataclasses.asdict(cfg.peft)}
+    path = os.path.join(tmp_path, "adapter_v1")
+    with open(path, "wb") as f:
+        np.savez(f, metadata=np.asarray(json.dumps(metadata)), **arrays)
+    joined, peft = peft_params.load_adapter_onto(path, base, cfg.model)
+    assert peft == cfg.peft
+    assert jax.tree.all(jax.tree.map(np.array_equal, joined, params))
+
+
 def test_adapter_on_a_base_of_the_wrong_shape_names_the_parameter(tmp_path):
     cfg = config("lora")
     path = os.path.join(tmp_path, "adapter")
-    peft_params.save_adapter(path, split(build(cfg))[1], cfg)
+    peft_params.save_adapter(path, split(build(cfg))[1], *cfg)
     wide = config(d_model=48)
-    wide_params = nnx.split(nnx.eval_shape(lambda: build(wide)))[1].to_pure_dict()  # shapes suffice
+    wide_params = nnx.split(nnx.eval_shape(lambda: build(wide.model)))[1].to_pure_dict()  # shapes suffice
     with pytest.raises(ValueError, match=r"adapter parameter blocks/0/attention/\w+/lora/a has shape "
                                          r"\(32, 8\), the model needs \(48, 8\)"):
-        peft_params.load_adapter_onto(path, wide_params, wide)
+        peft_params.load_adapter_onto(path, wide_params, wide.model)
 
 
 def test_base_checkpoint_into_the_peft_tree():
@@ -370,11 +453,11 @@ def test_base_checkpoint_into_the_peft_tree():
     cfg = config("adapter")
     pretrained = split(build(base_of(cfg), seed=11))[1]
     graphdef, fresh = split(build(cfg, seed=0))
-    params = peft_params.with_base(fresh, pretrained, cfg)
+    params = peft_params.with_base(fresh, pretrained, *cfg)
     np.testing.assert_array_equal(eager_forward(graphdef, params, tokens()),
                                   eager_forward(nnx.split(build(base_of(cfg)))[0], pretrained, tokens()))
     with pytest.raises(ValueError, match="base parameter embed/embedding has shape"):
-        peft_params.with_base(fresh, split(build(config(vocab_size=40), seed=11))[1], cfg)
+        peft_params.with_base(fresh, split(build(config(vocab_size=40), seed=11))[1], *cfg)
 
 
 # ----------------------------------------------------------------------------- sharded == one device
@@ -428,7 +511,7 @@ def test_cached_decoding_equals_uncached_forward(name):
     params = perturbed(params, cfg, scale=0.1)
     check_cached_decoding(graphdef, params)
     if method == "lora":
-        check_cached_decoding(graphdef, peft_params.merge_lora(params, cfg))
+        check_cached_decoding(graphdef, peft_params.merge_lora(params, cfg.peft))
 
 
 def check_cached_decoding(graphdef, params):

@@ -66,7 +66,24 @@ class EvalConfig:
             raise ConfigError(f"config.eval.pass_k={self.pass_k!r} must list positive integers, e.g. '1,10'")
         if self.code_temperature < 0:
             raise ConfigError(f"config.eval.code_temperature={self.code_temperature} must be >= 0")
+        self._check_task_names()
         return self
+
+    def _check_task_names(self) -> None:
+        """Unknown built-in names, file tasks of a bad kind or without their file, and repeated
+        names fail here, before a checkpoint is loaded."""
+        names = self.task_names
+        if len(set(names)) != len(names):
+            raise ConfigError(f"config.eval.tasks names a task twice: {names}")
+        for name in names:
+            if ":" not in name and name not in BUILTIN:
+                raise ConfigError(f"config.eval.tasks: unknown task {name!r}; use one of "
+                                  f"{', '.join(BUILTIN)}, or '<kind>:<file.jsonl>' with kind in "
+                                  f"{', '.join(KINDS)}")
+            kind, _, path = name.partition(":")
+            if ":" in name and (kind not in KINDS or kind == "code" or not pathlib.Path(path).is_file()):
+                raise ConfigError(f"config.eval.tasks entry {name!r}: a file task is '<kind>:<path>' "
+                                  f"with kind in rolling, choice, generate and an existing file")
 
     @property
     def task_names(self) -> list[str]:

@@ -1,16 +1,14 @@
-"""Flax modules only: layers, attention, Transformer stacks. Nothing here reads flags or meshes."""
+"""Flax modules only: layers, attention, Transformer stacks. Nothing here reads flags or meshes,
+and nothing here knows fine-tuning methods (lm.peft attaches them from outside)."""
 from lm.models.config import ModelConfig
 from lm.models.transformer import Decoder
 
 
 def build(cfg: ModelConfig, seed: int = 0):
-    """The model for ``cfg`` (by ``cfg.arch``) with parameters initialised from ``seed``. With a
-    PEFT method that adds parameters (``cfg.peft``), they are attached from a stream of their
-    own, so the base parameters are those of the model without PEFT and the same seed."""
+    """The model for ``cfg`` (by ``cfg.arch``) with parameters initialised from ``seed``."""
     from flax import nnx
     if cfg.vocab_size <= 0:
         raise ValueError("ModelConfig.vocab_size must be set before building the model")
-    cfg.peft.check_model(cfg)
     rngs = nnx.Rngs(params=seed)
     if cfg.arch == "lstm":
         from lm.models.lstm import LSTMLM
@@ -18,11 +16,7 @@ def build(cfg: ModelConfig, seed: int = 0):
     if cfg.arch == "encoder_decoder":
         from lm.models.encdec import EncoderDecoder
         return EncoderDecoder(cfg, rngs)
-    model = Decoder(cfg, rngs)  # 'encoder' is the same stack attending in both directions
-    if cfg.peft.adds_parameters:
-        from lm.peft.model import add_peft_parameters
-        add_peft_parameters(model, cfg, seed)
-    return model
+    return Decoder(cfg, rngs)  # 'encoder' is the same stack attending in both directions
 
 
 __all__ = ["ModelConfig", "Decoder", "build"]

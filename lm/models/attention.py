@@ -4,12 +4,9 @@ configured, and cross-attention (encoder-decoder; no position terms). Masks: lm/
 Decoding keeps a key/value cache per layer, ``{"key", "value"}`` arrays [B, G, S, K] over S cache
 slots (heads before slots, so that a step reads each head's keys contiguously), stacked over the
 layers [L, B, G, S, K]; ``cached`` writes the new keys at ``CacheStep.index`` in place and attends
-over every slot the step's mask allows (lm/infer/decode.py builds the masks).
-
-Prefix and prompt tuning (lm/peft) give each layer P extra key/value slots that every query
-sees, ``prefix = {"key", "value"}`` [P, G, K] (stacked [L, P, G, K] over the layers, sliced by
-``layer_prefix``), with ``"positions"`` [P] when ALiBi should measure distances to them (a soft
-prompt) and a zero ALiBi bias otherwise; ``prepend_prefix`` puts them before the keys."""
+over every slot the step's mask allows (lm/infer/decode.py builds the masks). A cache may start
+with slots that hold no token of the row (learned ones, say): the step's mask and key positions
+say who sees them, nothing else here knows."""
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -66,40 +63,6 @@ def exact_attention(q_bthk, k_bsgk, v_bsgk, bias_bhts, mask_b1ts, scale, kv_layo
     return out.reshape(b, t, h, k).astype(q_bthk.dtype)
 
 
-def layer_prefix(prefix: Optional[dict], layer) -> Optional[dict]:
-    """Layer ``layer`` (an int or a traced index) of per-layer prefixes stacked [L, P, G, K]."""
-    if prefix is None:
-        return None
-    return {**prefix, **{name: jax.lax.dynamic_index_in_dim(prefix[name], layer, 0, keepdims=False)
-                         for name in ("key", "value")}}
-
-
-def prepend_prefix(prefix: dict, k, v, bias, mask, q_positions_bt, num_heads: int, seq_axis: int = 1):
-    """Keys and values with the P prefix slots [P, G, K] before their ``seq_axis`` (1: [B, S, G, K];
-    2: the cache's [B, G, S, K]); the mask [B, 1, T, S] (None: causal over S) and the ALiBi bias
-    [B, H, T, S] (or None) widened to match. Every query sees every prefix slot."""
-    batch, length = q_positions_bt.shape
-    size = prefix["key"].shape[0]
-
-    def widen(slots_pgk, keys):
-        if seq_axis == 2:
-            slots_pgk = jnp.swapaxes(slots_pgk, 0, 1)
-        slots = jnp.broadcast_to(slots_pgk.astype(keys.dtype), (batch, *slots_pgk.shape))
-        return jnp.concatenate([slots, keys], axis=seq_axis)
-
-    if mask is None:
-        mask = jnp.tril(jnp.ones((length, k.shape[seq_axis]), dtype=bool))[None, None]
-    mask = jnp.concatenate([jnp.ones((*mask.shape[:-1], size), bool), mask], axis=-1)
-    if bias is not None:
-        if "positions" in prefix:
-            slot_positions_bp = jnp.broadcast_to(prefix["positions"], (batch, size))
-            prefix_bias = pos.alibi_bias(q_positions_bt, slot_positions_bp, num_heads)
-        else:
-            prefix_bias = jnp.zeros((batch, num_heads, length, size))
-        bias = jnp.concatenate([prefix_bias.astype(bias.dtype), bias], axis=-1)
-    return widen(prefix["key"], k), widen(prefix["value"], v), bias, mask
-
-
 def _use_exact(choice: str) -> bool:
     # XLA's CPU lowering of jax.nn.dot_product_attention is ~10% slower per train step than the
     # plain einsum form; accelerators get the fused kernel.
@@ -120,24 +83,20 @@ class Attention(nnx.Module):
                  segment_ids_bt: Optional[jax.Array] = None,
                  rng: Optional[jax.Array] = None,
                  bidirectional_bt: Optional[jax.Array] = None,
-                 mask: Optional[jax.Array] = None, prefix: Optional[dict] = None) -> jax.Array:
+                 mask: Optional[jax.Array] = None) -> jax.Array:
         """Self-attention; ``mask`` [B, 1, T, T], when given, replaces the one built from
-        segments and prefix (an encoder passes its bidirectional mask). ``prefix``: this layer's
-        learned key/value slots (prefix or prompt tuning), seen by every query."""
+        segments and prefix (an encoder passes its bidirectional mask)."""
         cfg = self.cfg
         q_bthk, k_bsgk, v_bsgk = self._self_projections(x_btd, positions_bt, rng)
         bias = (pos.alibi_bias(positions_bt, positions_bt, cfg.num_heads).astype(q_bthk.dtype)
                 if cfg.positions == "alibi" else None)
         if mask is None:
             mask = attention_mask(segment_ids_bt, x_btd.shape[1], bidirectional_bt)
-        if prefix is not None:
-            k_bsgk, v_bsgk, bias, mask = prepend_prefix(prefix, k_bsgk, v_bsgk, bias, mask,
-                                                        positions_bt, cfg.num_heads)
         return self._attend(q_bthk, k_bsgk, v_bsgk, bias, mask, rng)
 
     def _self_projections(self, x_btd, positions_bt, rng=None):
         """Queries, keys and values of ``x_btd``, rotated by RoPE when configured. Streams 1-3
-        of ``rng`` are the projections' LoRA dropout (lm.peft)."""
+        of ``rng`` are the projections' own (see Dense)."""
         q_bthk = constrain(self.query(x_btd, fold(rng, 1)), _Q_AXES)
         k_btgk = constrain(self.key(x_btd, fold(rng, 2)), _KV_AXES)
         v_btgk = constrain(self.value(x_btd, fold(rng, 3)), _KV_AXES)
@@ -147,13 +106,13 @@ class Attention(nnx.Module):
         return q_bthk, k_btgk, v_btgk
 
     def cached(self, x_btd: jax.Array, positions_bt: jax.Array, kv: dict, step: CacheStep,
-               layer, prefix: Optional[dict] = None) -> tuple[jax.Array, dict]:
+               layer, rng: Optional[jax.Array] = None) -> tuple[jax.Array, dict]:
         """Self-attention of T new tokens over layer ``layer`` of the stack's cache
         ``{"key", "value"}`` [L, B, G, S, K], which gets their keys and values at slot
-        ``step.index`` (written in place), and over the layer's ``prefix`` slots when given.
-        Returns the output and the updated cache."""
+        ``step.index`` (written in place). Returns the output and the updated cache. ``rng``
+        (dropout, as in ``__call__``) is for a training forward that runs through a cache."""
         cfg = self.cfg
-        q_bthk, k_btgk, v_btgk = self._self_projections(x_btd, positions_bt)
+        q_bthk, k_btgk, v_btgk = self._self_projections(x_btd, positions_bt, rng)
         start = tuple(jnp.asarray(i, jnp.int32) for i in (layer, 0, 0, step.index, 0))
         kv = {name: constrain(jax.lax.dynamic_update_slice(
                   kv[name], jnp.swapaxes(new, 1, 2)[None].astype(kv[name].dtype), start),
@@ -164,15 +123,12 @@ class Attention(nnx.Module):
         bias = (pos.alibi_bias(positions_bt, step.key_positions_bs, cfg.num_heads).astype(q_bthk.dtype)
                 if cfg.positions == "alibi" else None)
         mask = step.mask_b1ts
-        if prefix is not None:
-            k_bgsk, v_bgsk, bias, mask = prepend_prefix(prefix, k_bgsk, v_bgsk, bias, mask,
-                                                        positions_bt, cfg.num_heads, seq_axis=2)
         if not _use_exact(cfg.attention):
             return self._attend(q_bthk, jnp.swapaxes(k_bgsk, 1, 2), jnp.swapaxes(v_bgsk, 1, 2),
-                                bias, mask, None), kv
+                                bias, mask, rng), kv
         out_bthk = exact_attention(q_bthk, k_bgsk, v_bgsk, bias, mask,
                                    cfg.dim_per_head ** -0.5, kv_layout="bgsk")
-        return self.out(constrain(out_bthk, _Q_AXES)), kv
+        return self._project_out(out_bthk, rng), kv
 
     def memory_kv(self, memory_bsd: jax.Array) -> dict:
         """Cross-attention keys and values of the encoder output, computed once per decode."""
@@ -198,5 +154,8 @@ class Attention(nnx.Module):
         else:
             out_bthk = jax.nn.dot_product_attention(q_bthk, k_bsgk, v_bsgk, bias=bias, mask=mask,
                                                     scale=scale, is_causal=mask is None)
+        return self._project_out(out_bthk, rng)
+
+    def _project_out(self, out_bthk, rng):
         out_bthk = constrain(out_bthk, _Q_AXES)
-        return dropout(self.out(out_bthk, fold(rng, 4)), cfg.dropout, rng)
+        return dropout(self.out(out_bthk, fold(rng, 4)), self.cfg.dropout, rng)

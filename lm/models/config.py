@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 
 from lm.configlib import ConfigError, from_section
-from lm.peft.config import PeftConfig
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 NORMS = ("layernorm", "rmsnorm")
@@ -57,14 +56,6 @@ class ModelConfig:
     attention: str = "auto"
     dtype: str = "float32"         # compute dtype of activations and matmuls
     param_dtype: str = "float32"   # master parameters
-    # Parameter-efficient fine-tuning (lm/peft, docs/peft.md): the method's parameters are built
-    # into the model's parameter tree; 'none' leaves the model exactly as without this field.
-    peft: PeftConfig = PeftConfig()
-
-    def __post_init__(self):
-        # A config section or a saved config.json gives the PEFT settings as a mapping.
-        if not isinstance(self.peft, PeftConfig):
-            object.__setattr__(self, "peft", from_section(PeftConfig, self.peft, "config.model.peft"))
 
     @classmethod
     def from_config(cls, section) -> "ModelConfig":
@@ -125,8 +116,6 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"config.model.dropout must be in [0, 1), got {self.dropout}")
         self._validate_pipeline()
-        self.peft.validated()
-        self.peft.check_model(self)
         return self
 
     def _validate_pipeline(self) -> None:

@@ -38,8 +38,10 @@ class Dense(nnx.Module):
     """y = x @ W (+ b) contracting the last ``len(in_shape)`` axes of x.
 
     ``in_shape``/``out_shape`` may be multi-dimensional (e.g. out (heads, head_dim)) so that
-    parameters keep per-head axes that the rules table can shard. ``lora``, when lm.peft attaches
-    LoRA factors, adds their low-rank update (its dropout draws from the call's ``rng``).
+    parameters keep per-head axes that the rules table can shard. ``rng`` draws nothing here: it
+    is the call's own random stream, for a module that stands in for this layer and adds a
+    random branch (dropout on a low-rank update, say), so its draws do not depend on where the
+    layer sits.
     """
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int],
@@ -52,15 +54,12 @@ class Dense(nnx.Module):
                             tuple(in_axes) + tuple(out_axes), cfg.param_dtype)
         self.bias = (param(rngs, jax.nn.initializers.zeros, self.out_shape, out_axes,
                            cfg.param_dtype) if cfg.use_bias else None)
-        self.lora = nnx.data(None)
 
     def __call__(self, x: jax.Array, rng: Optional[jax.Array] = None) -> jax.Array:
         n_in = len(self.in_shape)
         batch_shape = x.shape[: x.ndim - n_in]
         x = x.astype(self.dtype)
         y = matmul_2d(x, self.kernel[...].astype(self.dtype), n_in)
-        if self.lora is not None:
-            y = y + self.lora(x, rng)
         y = y.reshape(*batch_shape, *self.out_shape)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
@@ -132,7 +131,7 @@ class MLP(nnx.Module):
         self.wo = Dense((f,), (d,), ("mlp",), ("embed",), cfg=cfg, rngs=rngs, std=out_std)
 
     def __call__(self, x_btd: jax.Array, rng: Optional[jax.Array] = None) -> jax.Array:
-        # Streams 1-3 of ``rng`` are the LoRA branches' dropout (lm.peft); ``rng`` itself the output's.
+        # Streams 1-3 of ``rng`` are the dense layers' own (see Dense); ``rng`` itself the output's.
         h_btf = self.activation(self.wi(x_btd, fold(rng, 1)))
         if self.gated:
             h_btf = h_btf * self.wi_up(x_btd, fold(rng, 2))

@@ -14,12 +14,8 @@ Decoding (lm/infer/decode.py) goes through the protocol of lm/models/decoding.py
 layers axis [L, B, G, S, K] for every kind of stack; a pipelined stack decodes as its L layers in
 turn.
 
-Fine-tuning parameters (lm/peft, docs/peft.md) are attached by ``lm.models.build``: LoRA factors
-inside dense layers, Houlsby adapters in each block (``adapter_attention``, ``adapter_mlp``), a
-prefix-tuning module (``prefix_tuning``: per-layer key/value slots) or a soft prompt
-(``soft_prompt``) on the decoder. A soft prompt only sees itself, so it is run through the stack
-once, alone, and then read as per-layer key/value slots like prefix tuning's, with the input's
-positions moved past it: the output keeps the input's length (no logits for the prompt).
+The cached path also takes a dropout rng, so that a training forward may run through a cache
+(one that starts with learned key/value slots, say, whose mask lets every token see them).
 """
 from __future__ import annotations
 
@@ -30,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lm.models import positions as pos
-from lm.models.attention import Attention, CacheStep, empty_kv_cache, layer_prefix
+from lm.models.attention import Attention, CacheStep
 from lm.models.config import ModelConfig
 from lm.models.decoding import SlotCache
 from lm.models.layers import MLP, Dense, Embed, Norm, dropout, param
@@ -59,40 +55,31 @@ class Block(nnx.Module):
         self.attention = Attention(cfg, rngs)
         self.mlp_norm = None if self.parallel else Norm(cfg, rngs)
         self.mlp = MLP(cfg, rngs)
-        # Bottleneck adapters on the attention and MLP outputs (lm.peft.adapters attaches them).
-        self.adapter_attention = nnx.data(None)
-        self.adapter_mlp = nnx.data(None)
 
-    def __call__(self, x_btd, positions_bt, segment_ids_bt=None, rng=None, bidirectional_bt=None,
-                 prefix=None):
-        """``prefix``: this layer's learned key/value slots (prefix or prompt tuning), or None."""
+    def __call__(self, x_btd, positions_bt, segment_ids_bt=None, rng=None, bidirectional_bt=None):
         def attend(h_btd):
             return self.attention(h_btd, positions_bt, segment_ids_bt, _fold(rng, 0),
-                                  bidirectional_bt, prefix=prefix), None
+                                  bidirectional_bt), None
         return self._residual(x_btd, attend, rng)[0]
 
-    def decode(self, x_btd, positions_bt, kv: dict, step: CacheStep, layer, prefix=None):
-        """The block (layer ``layer``) on new tokens with the stack's key/value cache: (x, cache)."""
+    def decode(self, x_btd, positions_bt, kv: dict, step: CacheStep, layer, rng=None):
+        """The block (layer ``layer``) on new tokens with the stack's key/value cache: (x, cache).
+        ``rng``: dropout, with the streams of ``__call__``."""
         return self._residual(
-            x_btd, lambda h_btd: self.attention.cached(h_btd, positions_bt, kv, step, layer, prefix),
-            None)
+            x_btd, lambda h_btd: self.attention.cached(h_btd, positions_bt, kv, step, layer,
+                                                       _fold(rng, 0)),
+            rng)
 
     def _residual(self, x_btd, attend, rng):
         """Norms, residual adds and MLP around ``attend(h_btd) -> (attention output, aux)``."""
         h_btd = self.attn_norm(x_btd)
         attn_btd, aux = attend(h_btd)
-        attn_btd = _adapted(self.adapter_attention, attn_btd)
         if self.parallel:
-            x_btd = x_btd + attn_btd + _adapted(self.adapter_mlp, self.mlp(h_btd, _fold(rng, 1)))
+            x_btd = x_btd + attn_btd + self.mlp(h_btd, _fold(rng, 1))
         else:
             x_btd = x_btd + attn_btd
-            x_btd = x_btd + _adapted(self.adapter_mlp, self.mlp(self.mlp_norm(x_btd), _fold(rng, 1)))
+            x_btd = x_btd + self.mlp(self.mlp_norm(x_btd), _fold(rng, 1))
         return constrain(x_btd, _X_AXES), aux
-
-
-def _adapted(adapter, y_btd):
-    """A sublayer's output through its adapter, when the block has one."""
-    return y_btd if adapter is None else adapter(y_btd)
 
 
 def make_stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs, count: int = 0, block_cls=Block):
@@ -226,9 +213,6 @@ class Decoder(SlotCache, nnx.Module):
         self.final_norm = Norm(cfg, rngs)
         self.head = (None if cfg.tie_embeddings else
                      Dense((cfg.d_model,), (cfg.vocab_size,), ("embed",), ("vocab",), cfg=cfg, rngs=rngs))
-        # Prefix tuning's module or prompt tuning's [P, D] embeddings (lm.peft attaches them).
-        self.prefix_tuning = nnx.data(None)
-        self.soft_prompt = nnx.data(None)
 
     def __call__(self, tokens_bt: jax.Array, positions_bt: Optional[jax.Array] = None,
                  segment_ids_bt: Optional[jax.Array] = None,
@@ -241,11 +225,9 @@ class Decoder(SlotCache, nnx.Module):
             bidirectional_bt = jnp.ones_like(tokens_bt)
         if positions_bt is None:
             positions_bt = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
-        prefix = self._learned_prefix()
-        positions_bt = self._after_prompt(positions_bt, tokens_bt.shape[1])
         x_btd = self._embed(tokens_bt, positions_bt, _fold(dropout_rng, 0))
         x_btd = self._run_blocks(x_btd, positions_bt, segment_ids_bt, _fold(dropout_rng, 1),
-                                 bidirectional_bt, prefix)
+                                 bidirectional_bt)
         return self._logits(x_btd)
 
     def forward(self, batch: dict, packed: bool = False,
@@ -260,62 +242,22 @@ class Decoder(SlotCache, nnx.Module):
         return self.decode(tokens_bt, positions_bt, cache["self"], step)
 
     def decode(self, tokens_bt: jax.Array, positions_bt: jax.Array, cache: dict,
-               step: CacheStep) -> tuple[jax.Array, dict]:
+               step: CacheStep, dropout_rng: Optional[jax.Array] = None) -> tuple[jax.Array, dict]:
         """Logits [B, T, V] of T new tokens (a whole prompt, or one token) that attend over the
-        cache as ``step`` says; returns them with the cache holding the new keys and values."""
-        prefix = self._learned_prefix()
-        slots = cache["key"].shape[3]  # [L, B, G, S, K]: positions stay below S
-        positions_bt = self._after_prompt(positions_bt, slots)
-        step = step._replace(key_positions_bs=self._after_prompt(step.key_positions_bs, slots))
-        x_btd = self._embed(tokens_bt, positions_bt, None)
-        x_btd, cache = self._run_cached(x_btd, positions_bt, cache, step, prefix)
+        cache as ``step`` says; returns them with the cache holding the new keys and values.
+        ``dropout_rng`` (None when decoding) has the streams of ``__call__``."""
+        x_btd = self._embed(tokens_bt, positions_bt, _fold(dropout_rng, 0))
+        x_btd, cache = self.run_cached(x_btd, positions_bt, cache, step, _fold(dropout_rng, 1))
         return self._logits(x_btd), cache
 
-    def _run_cached(self, x_btd, positions_bt, cache, step: CacheStep, prefix):
+    def run_cached(self, x_btd, positions_bt, cache, step: CacheStep, rng=None):
+        """Embedded inputs ``x_btd`` through the blocks over the cache: (x, cache)."""
         def call(block, x, cache, index):
-            return block.decode(x, positions_bt, cache, step, index, layer_prefix(prefix, index))
+            return block.decode(x, positions_bt, cache, step, index, _fold(rng, index))
 
         to_layers = (lambda state: _pipeline_to_layer_stack(state, self.cfg)) if self.cfg.pipelined else None
         return run_stack_cached(self.blocks, self.cfg.scan_layers or self.cfg.pipelined, x_btd,
                                 cache, call, self.cfg.num_layers, to_layers)
-
-    def _learned_prefix(self) -> Optional[dict]:
-        """Per-layer key/value slots [L, P, G, K] that every query sees: prefix tuning's, or the
-        soft prompt's; None without either."""
-        if self.prefix_tuning is not None:
-            return self.prefix_tuning()
-        if self.soft_prompt is not None:
-            return self._soft_prompt_keys_values()
-        return None
-
-    def _soft_prompt_keys_values(self) -> dict:
-        """The soft prompt run alone through the stack (positions 0..P-1, causal, no dropout):
-        its keys and values at every layer [L, P, G, K]. Prepending the prompt to a row gives the
-        row's tokens exactly these, since the prompt's own positions see nothing after them."""
-        length = self.soft_prompt.shape[0]
-        positions_1p = jnp.arange(length)[None]
-        x_1pd = add_positions(self.cfg, self.position_embedding,
-                              self.soft_prompt[...][None].astype(jnp.dtype(self.cfg.dtype)),
-                              positions_1p, None)
-        causal = CacheStep(jnp.int32(0), jnp.tril(jnp.ones((length, length), bool))[None, None],
-                           positions_1p)
-        cache = empty_kv_cache(1, length, self.cfg, self.cfg.num_layers)
-        _, cache = self._run_cached(x_1pd, positions_1p, cache, causal, None)
-        return {"key": jnp.swapaxes(cache["key"][:, 0], 1, 2),
-                "value": jnp.swapaxes(cache["value"][:, 0], 1, 2), "positions": positions_1p[0]}
-
-    def _after_prompt(self, positions, reach: int):
-        """Positions of the input's tokens: moved past the soft prompt, when there is one.
-        ``reach`` (the input's length, or the cache's slots) bounds them: a learned position
-        table must hold the prompt and that many more, or it would be read past its end."""
-        if self.soft_prompt is None:
-            return positions
-        prompt = self.soft_prompt.shape[0]
-        if self.cfg.positions == "learned" and prompt + reach > self.cfg.max_len:
-            raise ValueError(f"config.model.max_len={self.cfg.max_len} cannot hold the soft prompt "
-                             f"(config.peft.prompt_length={prompt}) and {reach} positions after it; "
-                             f"learned positions need max_len >= {prompt + reach}")
-        return positions + prompt
 
     def _logits(self, x_btd):
         return project_logits(self.final_norm, self.embed, self.head, x_btd)
@@ -323,14 +265,13 @@ class Decoder(SlotCache, nnx.Module):
     def _embed(self, tokens_bt, positions_bt, rng):
         return embed_tokens(self.cfg, self.embed, self.position_embedding, tokens_bt, positions_bt, rng)
 
-    def _run_blocks(self, x_btd, positions_bt, segment_ids_bt, rng, bidirectional_bt=None, prefix=None):
+    def _run_blocks(self, x_btd, positions_bt, segment_ids_bt, rng, bidirectional_bt=None):
         if self.cfg.pipelined and x_btd.shape[0] % self.cfg.microbatches == 0:
             return self._run_pipelined(x_btd, positions_bt, segment_ids_bt, rng, bidirectional_bt)
 
         def apply_block(block_state, x, index):
             block = nnx.merge(graphdef, block_state)
-            return block(x, positions_bt, segment_ids_bt, _fold(rng, index), bidirectional_bt,
-                         layer_prefix(prefix, index))
+            return block(x, positions_bt, segment_ids_bt, _fold(rng, index), bidirectional_bt)
 
         apply_block = remat(self.cfg, apply_block)
         if self.cfg.scan_layers or self.cfg.pipelined:

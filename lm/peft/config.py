@@ -1,8 +1,9 @@
-"""PeftConfig: which parameter-efficient fine-tuning method the model carries, and its sizes.
+"""PeftConfig: which parameter-efficient fine-tuning method a run applies, and its sizes.
 
-It lives inside ``ModelConfig`` (``ModelConfig.peft``) because every method but 'none' and 'full'
-adds parameters to the model: ``lm.models.build`` builds them into the same parameter tree as
-the base weights, so the trainer, checkpoints and sharding see one tree.
+It sits beside the ``ModelConfig`` (the experiment's ``peft`` section), not inside it: the base
+model knows nothing of fine-tuning. Every method but 'none' and 'full' adds parameters, which
+``lm.peft.build`` attaches to the base model in the same parameter tree as the base weights, so
+the trainer, checkpoints and sharding see one tree.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ D, H query heads and G key/value heads of K features, MLP width F, vocabulary V:
 from __future__ import annotations
 
 from lm.models.config import ModelConfig
-from lm.peft.config import PEFT_ARCHS
+from lm.peft.config import PEFT_ARCHS, PeftConfig
 from lm.peft.lora import targeted
 
 
@@ -56,10 +56,9 @@ def base_parameter_count(cfg: ModelConfig) -> int:
     return dense + norms + embed + positions
 
 
-def closed_form_trainable_count(cfg: ModelConfig) -> int:
-    """Trainable parameters of ``cfg`` with its PEFT method, by the formulas above."""
+def closed_form_trainable_count(cfg: ModelConfig, peft: PeftConfig) -> int:
+    """Trainable parameters of ``cfg``'s model with ``peft``, by the formulas above."""
     _check_arch(cfg)
-    peft = cfg.peft
     d, g, k, layers = cfg.d_model, cfg.kv_heads, cfg.dim_per_head, cfg.num_layers
     if peft.trains_everything:
         return base_parameter_count(cfg)

@@ -2,10 +2,12 @@
 
 A [*in, r] starts uniform in +-1/sqrt(fan_in) (the reference implementation's Kaiming-uniform
 bound), B [r, *out] at zero, so a new LoRA model computes exactly what its base model computes.
-The factors live in the dense layer as ``<dense>/lora/a`` and ``<dense>/lora/b``, with the
-dense layer's own axis names on their big axes (the rank axis is unnamed, i.e. replicated), so
-they shard like the kernel they adapt. Which dense layers get them: ``PeftConfig.lora_targets``,
-a regular expression that must match the whole kernel path ('blocks/0/attention/query/kernel').
+Attaching swaps each targeted ``Dense`` in its parent for a ``LoRADense``, which takes over the
+original's kernel and bias (same variables, same paths) and adds the update, with the factors at
+``<dense>/lora/a`` and ``<dense>/lora/b``. They carry the dense layer's own axis names on their
+big axes (the rank axis is unnamed, i.e. replicated), so they shard like the kernel they adapt.
+Which dense layers get them: ``PeftConfig.lora_targets``, a regular expression that must match
+the whole kernel path ('blocks/0/attention/query/kernel').
 
 ``merge_lora`` folds the update into the kernel for serving (W + (alpha / r) A B, factors then
 zero); ``unmerge_lora`` takes it back out given the factors (e.g. the adapter file's).
@@ -23,6 +25,7 @@ from flax import nnx
 from lm.configlib import ConfigError
 from lm.models.config import ModelConfig
 from lm.models.layers import Dense, dropout
+from lm.peft.config import PeftConfig
 from lm.peft.low_rank import low_rank_product
 from lm.peft.stacking import leading_axes, own_axis_names, stacked_param
 
@@ -32,14 +35,14 @@ SHOWN_PATHS = 8  # kernel paths listed when the target regex matches none
 class LoRA(nnx.Module):
     """The low-rank update of one dense layer (stacked like it when its layers are)."""
 
-    def __init__(self, dense: Dense, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, dense: Dense, cfg: ModelConfig, peft: PeftConfig, rngs: nnx.Rngs):
         n_in, n_out = len(dense.in_shape), len(dense.out_shape)
         lead = leading_axes(dense.kernel, n_in + n_out)
         names = own_axis_names(dense.kernel, n_in + n_out)
-        rank = cfg.peft.lora_rank
+        rank = peft.lora_rank
         self.in_size = math.prod(dense.in_shape)
-        self.scale = cfg.peft.lora_scale
-        self.rate = cfg.peft.lora_dropout
+        self.scale = peft.lora_scale
+        self.rate = peft.lora_dropout
         bound = self.in_size ** -0.5
         self.a = stacked_param(rngs, _uniform(bound), lead, (*dense.in_shape, rank),
                                (*names[:n_in], None), cfg.param_dtype)
@@ -55,16 +58,48 @@ class LoRA(nnx.Module):
         return low_rank_product(x_nk, a_kr, b_rm) * self.scale
 
 
+class LoRADense(Dense):
+    """A dense layer plus its low-rank update: ``dense(x) + lora(x)``. It stands in for
+    ``dense`` in its parent and owns the same kernel and bias variables. The update's dropout
+    draws from the call's ``rng`` (the stream the parent gives that layer)."""
+
+    def __init__(self, dense: Dense, cfg: ModelConfig, peft: PeftConfig, rngs: nnx.Rngs):
+        self.in_shape, self.out_shape, self.dtype = dense.in_shape, dense.out_shape, dense.dtype
+        self.kernel, self.bias = dense.kernel, dense.bias
+        self.lora = LoRA(dense, cfg, peft, rngs)
+
+    def __call__(self, x: jax.Array, rng: Optional[jax.Array] = None) -> jax.Array:
+        y = super().__call__(x)
+        return y + self.lora(x.astype(self.dtype), rng).reshape(y.shape)
+
+
 def _uniform(bound: float):
     def init(key, shape, dtype):
         return jax.random.uniform(key, shape, dtype, -bound, bound)
     return init
 
 
-def dense_layers(model: nnx.Module) -> list[tuple[str, Dense]]:
-    """Every dense layer of ``model`` with its kernel's path, '/'-joined."""
-    return [("/".join(str(k) for k in path) + "/kernel", node)
-            for path, node in nnx.iter_graph(model) if isinstance(node, Dense)]
+def dense_layers(model: nnx.Module) -> list[tuple[tuple, Dense]]:
+    """Every dense layer of ``model`` with its path from ``model`` (attribute names, list
+    indices)."""
+    return [(tuple(path), node) for path, node in nnx.iter_graph(model) if isinstance(node, Dense)]
+
+
+def kernel_path(path: tuple) -> str:
+    """The '/'-joined path of the kernel of the dense layer at ``path``, which lora_targets
+    matches."""
+    return "/".join(str(k) for k in path) + "/kernel"
+
+
+def replace_module(root: nnx.Module, path: tuple, new: nnx.Module) -> None:
+    """Puts ``new`` where the module at ``path`` (from ``root``) is, in its parent."""
+    parent = root
+    for key in path[:-1]:
+        parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+    if isinstance(path[-1], int):
+        parent[path[-1]] = new
+    else:
+        setattr(parent, path[-1], new)
 
 
 def no_target_error(pattern: str, kernel_paths: list[str]) -> ConfigError:
@@ -83,13 +118,14 @@ def targeted(pattern: str, kernel_paths: list[str]) -> list[str]:
     return chosen
 
 
-def attach_lora(model: nnx.Module, cfg: ModelConfig, rngs: nnx.Rngs) -> None:
-    """LoRA factors on every dense layer whose kernel path matches ``cfg.peft.lora_targets``."""
+def attach_lora(model: nnx.Module, cfg: ModelConfig, peft: PeftConfig, rngs: nnx.Rngs) -> None:
+    """Every dense layer whose kernel path matches ``peft.lora_targets`` swapped for a
+    ``LoRADense`` holding it and its factors."""
     layers = dense_layers(model)
-    chosen = set(targeted(cfg.peft.lora_targets, [path for path, _ in layers]))
+    chosen = set(targeted(peft.lora_targets, [kernel_path(path) for path, _ in layers]))
     for path, dense in layers:
-        if path in chosen:
-            dense.lora = LoRA(dense, cfg, rngs)
+        if kernel_path(path) in chosen:
+            replace_module(model, path, LoRADense(dense, cfg, peft, rngs))
 
 
 # ----------------------------------------------------------------------------- merge and unmerge
@@ -126,11 +162,11 @@ def _map_adapted_layers(params: dict, fn, factors: Optional[dict] = None, path: 
     return out
 
 
-def merge_lora(params: dict, model_cfg: ModelConfig) -> dict:
+def merge_lora(params: dict, peft: PeftConfig) -> dict:
     """Every adapted kernel W replaced by W + (alpha / r) A B and its factors zeroed: the same
     function (the zero factors add exactly zero), served at the base model's cost per token once
     the factors are dropped (``split_adapter``)."""
-    scale = model_cfg.peft.lora_scale
+    scale = peft.lora_scale
 
     def merge(layer, factors, _):
         kernel = layer["kernel"]
@@ -140,11 +176,11 @@ def merge_lora(params: dict, model_cfg: ModelConfig) -> dict:
     return _map_adapted_layers(params, merge)
 
 
-def unmerge_lora(params: dict, model_cfg: ModelConfig, factors: dict) -> dict:
+def unmerge_lora(params: dict, peft: PeftConfig, factors: dict) -> dict:
     """The inverse of ``merge_lora``: W - (alpha / r) A B with the factors A, B put back.
     ``factors`` holds them at their paths, e.g. ``split_adapter(params_before_merge, mask)[1]``
     or the tree ``load_adapter`` returns."""
-    scale = model_cfg.peft.lora_scale
+    scale = peft.lora_scale
 
     def unmerge(layer, own, _):
         kernel = layer["kernel"]

@@ -1,8 +1,9 @@
 """The PEFT view of a parameter tree (the pure dict of ``nnx.split(model)[1].to_pure_dict()``).
 
 Naming convention: a parameter belongs to the fine-tuning method when a component of its path is
-``lora`` (LoRA factors: ``.../attention/query/lora/a``), starts with ``adapter_``
-(``blocks/0/adapter_mlp/up``) or ``prefix_`` (``prefix_tuning/key``), or is ``soft_prompt``. No
+``lora`` (LoRA factors: ``.../attention/query/lora/a``) or ``adapter``
+(``blocks/0/mlp/wo/adapter/up``), starts with ``adapter_`` (version 1 adapter files:
+``blocks/0/adapter_mlp/up``) or ``prefix_`` (``prefix_tuning/key``), or is ``soft_prompt``. No
 base parameter has such a component, so the trainable set is a function of paths alone.
 
 What trains:
@@ -32,10 +33,16 @@ from lm.peft.config import PeftConfig
 from lm.peft.counts import base_parameter_count, closed_form_trainable_count  # noqa: F401 (API)
 from lm.peft.lora import merge_lora, unmerge_lora  # noqa: F401 (API)
 
-PEFT_COMPONENT = re.compile(r"lora|soft_prompt|adapter_\w+|prefix_\w+")
+PEFT_COMPONENT = re.compile(r"lora|soft_prompt|adapter(_\w+)?|prefix_\w+")
 ADAPTER_FORMAT = "lm.peft.adapter"
-ADAPTER_VERSION = 1
+# Version 2: bottleneck adapters live in the output projection they follow. Version 1 files
+# (read too) named them by block: <block>/adapter_attention/..., <block>/adapter_mlp/...
+ADAPTER_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+VERSION_1_ADAPTERS = {"adapter_attention": ("attention", "out", "adapter"),
+                      "adapter_mlp": ("mlp", "wo", "adapter")}
 _METADATA = "metadata"
+NO_PEFT = PeftConfig()
 
 Path = tuple  # dict keys from the root: str names, int list indices
 
@@ -70,7 +77,7 @@ def trainable_mask(params, peft: PeftConfig):
         lambda keys, _: is_peft_path(tuple(_key_name(k) for k in keys)), params)
     if not any(jax.tree.leaves(mask)):
         raise ValueError(f"config.peft.method={peft.method!r}, but the parameter tree has none of "
-                         f"its parameters: build the model with this PeftConfig in ModelConfig.peft")
+                         f"its parameters: build the model with lm.peft.build(model_cfg, peft)")
     return mask
 
 
@@ -114,27 +121,29 @@ def _merge_trees(base: dict, adapter: dict, path: Path = ()) -> dict:
     return out
 
 
-def join_adapter(base: dict, adapter: dict, model_cfg: ModelConfig | None = None) -> dict:
+def join_adapter(base: dict, adapter: dict, model_cfg: ModelConfig | None = None,
+                 peft: PeftConfig = NO_PEFT) -> dict:
     """The full tree from ``split_adapter``'s two parts. Given the configuration of the model
-    the tree is for (its ``peft`` the adapter's method), every parameter is checked against the
+    the tree is for (and ``peft``, the adapter's method), every parameter is checked against the
     model's shapes: a missing, unexpected or wrongly shaped one is an error naming it."""
     params = _merge_trees(base, adapter)
     if model_cfg is not None:
-        check_shapes(params, model_cfg)
+        check_shapes(params, model_cfg, peft)
     return params
 
 
-def expected_shapes(model_cfg: ModelConfig) -> dict[Path, tuple[int, ...]]:
-    """Path -> shape of every parameter of the model, computed without allocating it."""
-    from lm.models import build
+def expected_shapes(model_cfg: ModelConfig, peft: PeftConfig = NO_PEFT) -> dict[Path, tuple[int, ...]]:
+    """Path -> shape of every parameter of the model with ``peft``, computed without allocating it."""
+    from lm.peft.model import build
 
-    abstract = nnx.split(nnx.eval_shape(lambda: build(model_cfg)))[1].to_pure_dict()
+    abstract = nnx.split(nnx.eval_shape(lambda: build(model_cfg, peft)))[1].to_pure_dict()
     return {path: tuple(leaf.shape) for path, leaf in leaves_with_paths(abstract)}
 
 
-def check_shapes(params: dict, model_cfg: ModelConfig) -> None:
-    """Refuses ``params`` unless they are exactly the parameters of ``model_cfg``'s model."""
-    want = expected_shapes(model_cfg)
+def check_shapes(params: dict, model_cfg: ModelConfig, peft: PeftConfig = NO_PEFT) -> None:
+    """Refuses ``params`` unless they are exactly the parameters of ``model_cfg``'s model with
+    ``peft``."""
+    want = expected_shapes(model_cfg, peft)
     have = {path: tuple(np.shape(leaf)) for path, leaf in leaves_with_paths(params)}
     problems = []
     for path in sorted(set(want) | set(have), key=path_string):
@@ -150,14 +159,14 @@ def check_shapes(params: dict, model_cfg: ModelConfig) -> None:
     if problems:
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
         raise ValueError(f"the parameters do not fit the model (config.model with "
-                         f"config.peft.method={model_cfg.peft.method!r}): {shown}")
+                         f"config.peft.method={peft.method!r}): {shown}")
 
 
-def with_base(params: dict, base: dict, model_cfg: ModelConfig) -> dict:
-    """``params`` (a freshly built PEFT tree) with its frozen part replaced by ``base``, the
-    parameters of the pretrained model without PEFT (e.g. its restored checkpoint)."""
-    _, adapter = split_adapter(params, trainable_mask(params, model_cfg.peft))
-    return join_adapter(base, adapter, model_cfg)
+def with_base(params: dict, base: dict, model_cfg: ModelConfig, peft: PeftConfig) -> dict:
+    """``params`` (a freshly built tree with ``peft``) with its frozen part replaced by ``base``,
+    the parameters of the pretrained model without PEFT (e.g. its restored checkpoint)."""
+    _, adapter = split_adapter(params, trainable_mask(params, peft))
+    return join_adapter(base, adapter, model_cfg, peft)
 
 
 # ----------------------------------------------------------------------------- adapter files
@@ -168,10 +177,9 @@ def _storable(array: np.ndarray) -> np.ndarray:
     return array if array.dtype.isbuiltin == 1 else array.view(f"uint{8 * array.dtype.itemsize}")
 
 
-def save_adapter(path: str, params: dict, model_cfg: ModelConfig) -> None:
-    """Writes the trainable parameters of ``params`` and the PeftConfig to the file ``path``
+def save_adapter(path: str, params: dict, model_cfg: ModelConfig, peft: PeftConfig) -> None:
+    """Writes the trainable parameters of ``params`` and ``peft`` to the file ``path``
     (atomically: a reader sees the old file or the new one, never part of one)."""
-    peft = model_cfg.peft
     if peft.method == "none":
         raise ValueError("config.peft.method='none' has no adapter: every parameter belongs to "
                          "the model (save a checkpoint instead)")
@@ -196,16 +204,27 @@ def load_adapter(path: str) -> tuple[dict, PeftConfig]:
         if _METADATA not in data.files:
             raise ValueError(f"{path} is not an adapter file written by lm.peft.params.save_adapter")
         metadata = json.loads(str(data[_METADATA]))
-        if metadata.get("format") != ADAPTER_FORMAT or metadata.get("version") != ADAPTER_VERSION:
+        version = metadata.get("version")
+        if metadata.get("format") != ADAPTER_FORMAT or version not in READABLE_VERSIONS:
             raise ValueError(f"{path}: unknown adapter format {metadata.get('format')!r} version "
                              f"{metadata.get('version')!r}")
         adapter: dict = {}
         for index, entry in enumerate(metadata["parameters"]):
             array = data[f"p{index}"]
             dtype = np.dtype(jax.numpy.dtype(entry["dtype"]))
-            _insert(adapter, tuple(entry["path"]), array.view(dtype).reshape(entry["shape"]))
+            leaf_path = tuple(entry["path"])
+            leaf_path = leaf_path if version > 1 else _version_1_path(leaf_path)
+            _insert(adapter, leaf_path, array.view(dtype).reshape(entry["shape"]))
     peft = PeftConfig(**metadata["peft"]).validated(f"{path}: peft")
     return adapter, peft
+
+
+def _version_1_path(path: Path) -> Path:
+    """A version 1 file's parameter path as the model names it now."""
+    out: tuple = ()
+    for part in path:
+        out += VERSION_1_ADAPTERS.get(part, (part,))
+    return out
 
 
 def _insert(tree: dict, path: Path, leaf) -> None:
@@ -214,9 +233,10 @@ def _insert(tree: dict, path: Path, leaf) -> None:
     tree[path[-1]] = leaf
 
 
-def load_adapter_onto(path: str, base: dict, base_cfg: ModelConfig) -> tuple[dict, ModelConfig]:
-    """The base model's parameters with the adapter file's on them, and the ModelConfig of the
-    result (``base_cfg`` with the file's PeftConfig): what serving a fine-tuned model needs."""
+def load_adapter_onto(path: str, base: dict, base_cfg: ModelConfig) -> tuple[dict, PeftConfig]:
+    """The base model's parameters with the adapter file's on them, and the file's PeftConfig
+    (build the model with ``lm.peft.build(base_cfg, peft)``): what serving a fine-tuned model
+    needs."""
     adapter, peft = load_adapter(path)
-    model_cfg = dataclasses.replace(base_cfg, peft=peft).validated()
-    return join_adapter(base, adapter, model_cfg), model_cfg
+    peft.check_model(base_cfg)
+    return join_adapter(base, adapter, base_cfg, peft), peft

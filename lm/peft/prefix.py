@@ -1,6 +1,7 @@
 """Prefix tuning (Li & Liang 2021): every layer gets P learned key/value slots that every query
-attends to, in front of the sequence's own keys (lm.models.attention.prepend_prefix); they carry
-no position (ALiBi gives them a zero bias; RoPE does not rotate them).
+attends to, in front of the sequence's own keys: ``PrefixTunedDecoder`` is a decoder whose cache
+starts with them (lm.peft.slots), in training as in decoding. RoPE does not rotate them; for
+ALiBi they sit at position 0, where the text starts.
 
 Direct (``prefix_hidden`` 0): ``prefix_tuning/key`` and ``prefix_tuning/value`` [L, P, G, K].
 Reparameterized (``prefix_hidden`` H > 0), as in the paper, for a steadier optimization: the
@@ -19,17 +20,20 @@ from flax import nnx
 
 from lm.models.config import ModelConfig
 from lm.models.layers import param
+from lm.peft.config import PeftConfig
+from lm.peft.slots import LeadingSlotsDecoder
 
 # [L, P, G, K]: the slot axis is unnamed (replicated), heads shard like the keys they join.
 SLOT_AXES = ("layers", None, "kv_heads", "kv")
 
 
 class PrefixTuning(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        layers, length, hidden = cfg.num_layers, cfg.peft.prefix_length, cfg.peft.prefix_hidden
+    def __init__(self, cfg: ModelConfig, peft: PeftConfig, rngs: nnx.Rngs):
+        layers, length, hidden = cfg.num_layers, peft.prefix_length, peft.prefix_hidden
         slots = (layers, length, cfg.kv_heads, cfg.dim_per_head)
         normal, zeros, dtype = jax.nn.initializers.normal(cfg.init_std), jax.nn.initializers.zeros, cfg.param_dtype
         self.dtype = jnp.dtype(cfg.dtype)
+        self.length = length
         self.reparameterized = hidden > 0
         if not self.reparameterized:
             self.key = param(rngs, normal, slots, SLOT_AXES, dtype)
@@ -55,5 +59,15 @@ class PrefixTuning(nnx.Module):
         return {"key": slots_lcpgk[:, 0], "value": slots_lcpgk[:, 1]}
 
 
-def attach_prefix(model: nnx.Module, cfg: ModelConfig, rngs: nnx.Rngs) -> None:
-    model.prefix_tuning = PrefixTuning(cfg, rngs)
+class PrefixTunedDecoder(LeadingSlotsDecoder):
+    """A decoder whose cache starts with the ``prefix_tuning`` slots of every layer."""
+
+    def _leading_kv(self) -> dict:
+        return self.prefix_tuning()
+
+    def _leading_count(self) -> int:
+        return self.prefix_tuning.length
+
+
+def attach_prefix(model: PrefixTunedDecoder, cfg: ModelConfig, peft: PeftConfig, rngs: nnx.Rngs) -> None:
+    model.prefix_tuning = PrefixTuning(cfg, peft, rngs)

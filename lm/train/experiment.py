@@ -10,6 +10,7 @@ from lm.configlib import ConfigError, from_section
 from lm.data import pipeline as data_lib
 from lm.models.config import ModelConfig
 from lm.parallel import MeshConfig
+from lm.peft.config import PeftConfig
 from lm.parallel.rules import layout as named_layout
 from lm.train.optimizer import OptimizerConfig
 
@@ -48,6 +49,8 @@ class Experiment:
     train: TrainConfig
     mesh: MeshConfig
     seed: int
+    # The fine-tuning method applied to the model (lm.peft.build attaches it); 'none': the model.
+    peft: PeftConfig = PeftConfig()
 
     @classmethod
     def from_config(cls, config) -> "Experiment":
@@ -63,26 +66,37 @@ class Experiment:
                               f"{needed} ids (vocabulary plus the objective's sentinel / MASK ids); "
                               f"set it to 0 to take it from the data")
         model = _with_pipeline_stages(model, mesh).validated()
-        _check_architecture(model, data)
+        peft = peft_config(config)
+        peft.check_model(model)
+        _check_architecture(model, data, peft)
         return cls(model=model, data=data,
                    optimizer=OptimizerConfig.from_config(config.optimizer),
-                   train=TrainConfig.from_config(config.train), mesh=mesh, seed=int(config.seed))
+                   train=TrainConfig.from_config(config.train), mesh=mesh, seed=int(config.seed),
+                   peft=peft)
 
 
 def _model_config(config) -> ModelConfig:
-    """config.model with its PEFT method from config.peft (a saved config.json also carries it
-    inside the model section; config.peft wins)."""
+    """config.model, without the ``peft`` entry that workdirs saved before PEFT moved out of
+    the model section carry in it (``peft_config`` reads that)."""
     from lm.configlib import _as_mapping
-    from lm.peft import PeftConfig
 
     section = dict(_as_mapping(config.model))
-    nested = section.pop("peft", None)
-    peft = config.get("peft") if config.get("peft") is not None else nested
-    model = from_section(ModelConfig, section, "config.model")
-    return dataclasses.replace(model, peft=from_section(PeftConfig, peft, "config.peft").validated())
+    section.pop("peft", None)
+    return from_section(ModelConfig, section, "config.model")
 
 
-def _check_architecture(model: ModelConfig, data: data_lib.DataConfig) -> None:
+def peft_config(config) -> PeftConfig:
+    """config.peft; for a workdir saved before it moved out of the model section, the ``peft``
+    entry nested in config.model (config.peft wins when both are given)."""
+    from lm.configlib import _as_mapping
+
+    peft = config.get("peft")
+    if peft is None:
+        peft = dict(_as_mapping(config.model)).get("peft")
+    return from_section(PeftConfig, peft, "config.peft").validated()
+
+
+def _check_architecture(model: ModelConfig, data: data_lib.DataConfig, peft: PeftConfig) -> None:
     """The objectives must fit the architecture; only decoder stacks are pipelined."""
     from lm.data import objectives
 
@@ -92,7 +106,7 @@ def _check_architecture(model: ModelConfig, data: data_lib.DataConfig) -> None:
     if model.pipelined and model.arch not in ("decoder", "prefix_decoder", "encoder"):
         raise ConfigError(f"config.model.arch={model.arch!r} has no pipelined form; pipeline "
                           f"parallelism (config.mesh.pipeline > 1) runs decoder and encoder stacks")
-    prompt = model.peft.prompt_length if model.peft.method == "prompt" else 0
+    prompt = peft.prompt_length if peft.method == "prompt" else 0
     if model.positions == "learned" and prompt and data.seq_len + prompt > model.max_len:
         raise ConfigError(f"config.peft.method='prompt': the {prompt} soft-prompt positions and "
                           f"config.data.seq_len={data.seq_len} exceed config.model.max_len={model.max_len} "

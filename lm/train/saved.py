@@ -73,7 +73,9 @@ def _override(config, key: str, value, workdir: str) -> None:
     parts = key.split(".")
     if _saved_value(config, parts) == value:
         return
-    if parts[0] == "peft" or (parts[0] == "model" and len(parts) > 1 and parts[1] in PARAMETER_FIELDS):
+    # A workdir saved before PEFT moved out of the model section holds it as model.peft.
+    shaping = PARAMETER_FIELDS + ("peft",)
+    if parts[0] == "peft" or (parts[0] == "model" and len(parts) > 1 and parts[1] in shaping):
         raise ConfigError(
             f"--config.{key}: the model of a trained run comes from {workdir}/config.json "
             f"(saved {_saved_value(config, parts)!r}); drop the override, or train a new run")

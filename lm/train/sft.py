@@ -102,11 +102,8 @@ def base_run(init_from: str, trainer: Trainer) -> Run:
 
 
 def check_base_model(have, wanted, where: str) -> None:
-    """``have`` (a pretrained model) must be ``wanted`` (the fine-tuned one) without PEFT."""
-    from lm.peft import PeftConfig
-
-    wanted = dataclasses.replace(wanted, peft=PeftConfig())
-    have = dataclasses.replace(have, peft=PeftConfig())
+    """``have`` (a pretrained model) must be ``wanted`` (the base of the fine-tuned one: PEFT is
+    not part of a ModelConfig)."""
     differ = [f"{f.name}: {getattr(have, f.name)!r} there, {getattr(wanted, f.name)!r} here"
               for f in dataclasses.fields(wanted) if getattr(have, f.name) != getattr(wanted, f.name)]
     if differ:
@@ -120,14 +117,14 @@ def initial_params(trainer: Trainer, init_from: str) -> dict:
     from lm.peft.params import with_base
     from lm.peft.prompt import initialize_soft_prompt
 
-    model_cfg = trainer.exp.model
+    model_cfg, peft = trainer.exp.model, trainer.exp.peft
     base, step = base_run(init_from, trainer).restore()
     log.info("starting from step %d of %s", step, init_from)
-    if not model_cfg.peft.adds_parameters:
+    if not peft.adds_parameters:
         return base
-    params = with_base(trainer.init_params(), base, model_cfg)
-    if model_cfg.peft.method == "prompt":  # from the pretrained embeddings, not the fresh ones
-        params = initialize_soft_prompt(params, model_cfg, trainer.vocab.encode, trainer.exp.seed)
+    params = with_base(trainer.init_params(), base, model_cfg, peft)
+    if peft.method == "prompt":  # from the pretrained embeddings, not the fresh ones
+        params = initialize_soft_prompt(params, model_cfg, peft, trainer.vocab.encode, trainer.exp.seed)
     return jax.device_put(params, trainer.param_shardings)
 
 
@@ -216,10 +213,10 @@ def _before(workdir: str, before: Optional[dict]) -> dict:
 def _write_results(workdir: str, trainer, state, result: dict, samples: list[dict]) -> None:
     write_atomically(os.path.join(workdir, "sft_result.json"), json.dumps(result, indent=2, sort_keys=True) + "\n")
     write_atomically(os.path.join(workdir, "sft_answers.jsonl"), "".join(json.dumps(s) + "\n" for s in samples))
-    if trainer.exp.model.peft.method not in ("none", "full"):
+    if trainer.exp.peft.method not in ("none", "full"):
         from lm.peft.params import save_adapter
 
-        save_adapter(os.path.join(workdir, "adapter"), state.params, trainer.exp.model)
+        save_adapter(os.path.join(workdir, "adapter"), state.params, trainer.exp.model, trainer.exp.peft)
 
 
 # ----------------------------------------------------------------------------- sweeps

@@ -10,7 +10,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from lm import models
+from lm import models, peft as peft_lib
 from lm.parallel import sharding as shd
 from lm.parallel.axes import axis_rules
 from lm.parallel.rules import LAYOUTS, Layout
@@ -23,9 +23,11 @@ class TrainState:
     opt_state: Any
 
 
-def abstract_model(cfg: models.ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
-    """Graph definition and parameter shapes, without allocating memory."""
-    return nnx.split(nnx.eval_shape(lambda: models.build(cfg)))
+def abstract_model(cfg: models.ModelConfig, peft: peft_lib.PeftConfig = peft_lib.PeftConfig()
+                   ) -> tuple[nnx.GraphDef, nnx.State]:
+    """Graph definition and parameter shapes of the model with ``peft`` attached, without
+    allocating memory."""
+    return nnx.split(nnx.eval_shape(lambda: peft_lib.build(cfg, peft)))
 
 
 def param_count(abstract_state: nnx.State) -> int:
@@ -55,14 +57,15 @@ def abstract_train_state(abstract_state: nnx.State, optimizer: optax.GradientTra
 
 
 def create_state(cfg: models.ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
-                 seed: int, layout: Layout = LAYOUTS["standard"]
-                 ) -> tuple[nnx.GraphDef, TrainState]:
-    """Initialises parameters and optimizer state directly into their shardings."""
-    graphdef, abstract_state = abstract_model(cfg)
+                 seed: int, layout: Layout = LAYOUTS["standard"],
+                 peft: peft_lib.PeftConfig = peft_lib.PeftConfig()) -> tuple[nnx.GraphDef, TrainState]:
+    """Initialises parameters (of the model with ``peft`` attached) and optimizer state directly
+    into their shardings."""
+    graphdef, abstract_state = abstract_model(cfg, peft)
     shardings = state_shardings(abstract_state, optimizer, mesh, layout)
 
     def init() -> TrainState:
-        params = nnx.split(models.build(cfg, seed))[1].to_pure_dict()
+        params = nnx.split(peft_lib.build(cfg, peft, seed))[1].to_pure_dict()
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=optimizer.init(params))
     with axis_rules(mesh, layout.params):

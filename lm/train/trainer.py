@@ -24,7 +24,7 @@ class Trainer(Run):
         exp = self.exp
         check_layout(exp, self.mesh, self.batch_sharding)
         self.schedule = make_schedule(exp.optimizer, exp.train.steps)
-        self.trainable = peft_trainable(self.abstract.to_pure_dict(), exp.model.peft)
+        self.trainable = peft_trainable(self.abstract.to_pure_dict(), exp.peft)
         self.optimizer = make_optimizer(exp.optimizer, exp.train.steps)
         if self.trainable is not None:  # PEFT: frozen leaves get no update and no optimizer state
             self.optimizer = frozen(self.optimizer, self.trainable)
@@ -47,7 +47,7 @@ class Trainer(Run):
         trainable = (self.num_params if self.trainable is None else
                      sum(int(p.size) for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(self.trainable)) if t))
         opt_bytes = sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(self.abstract_state.opt_state))
-        return {"peft/method": self.exp.model.peft.method, "peft/trainable_params": trainable,
+        return {"peft/method": self.exp.peft.method, "peft/trainable_params": trainable,
                 "peft/optimizer_state_bytes": opt_bytes}
 
     @property
@@ -60,7 +60,8 @@ class Trainer(Run):
             model.pipeline_stages, model.microbatches, model.pipeline_repeats)}
 
     def init_state(self) -> TrainState:
-        return create_state(self.exp.model, self.optimizer, self.mesh, self.exp.seed, self.layout)[1]
+        exp = self.exp
+        return create_state(exp.model, self.optimizer, self.mesh, exp.seed, self.layout, exp.peft)[1]
 
     def state_from_params(self, params: dict) -> TrainState:
         """Step 0 with ``params`` (already sharded) and a fresh optimizer state beside them."""
