@@ -57,6 +57,7 @@ def test_the_eval_suite_report_on_the_mesh_equals_one_device(base):
     assert summary["tasks"].keys() == one_report[0]["tasks"].keys()
 
 
+@pytest.mark.slow
 def test_sft_exact_match_on_the_mesh_equals_one_device(base, tmp_path):
     results, answers = {}, {}
     for name, mesh, devices in (("one", {"data": 1}, jax.devices()[:1]), ("mesh", MESH, jax.devices())):

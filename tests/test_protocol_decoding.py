@@ -139,6 +139,7 @@ def test_scoring_batches_split_over_the_mesh_batch_ways():
     assert not scored[2:].any()  # padding rows score nothing
 
 
+@pytest.mark.slow  # tests/test_on_mesh.py covers scoring on the mesh in the default run
 @pytest.mark.parametrize("arch", ["decoder", "encoder_decoder"])
 def test_sharded_scorer_equals_one_device(arch):
     from lm.parallel.axes import STANDARD_RULES

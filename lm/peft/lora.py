@@ -26,7 +26,6 @@ from lm.configlib import ConfigError
 from lm.models.config import ModelConfig
 from lm.models.layers import Dense, dropout
 from lm.peft.config import PeftConfig
-from lm.peft.low_rank import low_rank_product
 from lm.peft.stacking import leading_axes, own_axis_names, stacked_param
 
 SHOWN_PATHS = 8  # kernel paths listed when the target regex matches none
@@ -55,7 +54,9 @@ class LoRA(nnx.Module):
         a_kr = self.a[...].astype(x.dtype).reshape(self.in_size, -1)
         b_rm = self.b[...].astype(x.dtype)
         b_rm = b_rm.reshape(b_rm.shape[0], -1)
-        return low_rank_product(x_nk, a_kr, b_rm) * self.scale
+        # The scale multiplies the [r, out] factor, not the [N, out] product: one pass less
+        # over a full-size activation.
+        return (x_nk @ a_kr) @ (b_rm * self.scale)
 
 
 class LoRADense(Dense):

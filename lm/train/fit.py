@@ -103,8 +103,9 @@ def _loop(trainer, state: TrainState, train_batches, eval_sets, checkpointer, wr
         window_steps += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
+            metrics = jax.device_get(metrics)  # waits for the step: the window's time is real
             tokens_per_sec = window_steps * tokens_per_step / (time.perf_counter() - window_start)
-            row = writer.write(step, {**jax.device_get(metrics), "train/tokens_per_sec": tokens_per_sec,
+            row = writer.write(step, {**metrics, "train/tokens_per_sec": tokens_per_sec,
                                       "train/mfu": tokens_per_sec * trainer.flops_per_token / peak,
                                       **trainer.schedule_metrics})
             bar.set_postfix(loss=f"{row['train/loss']:.3f}", tok_s=f"{tokens_per_sec:,.0f}")

@@ -3,7 +3,10 @@ of ``Run`` (which also gives validation loss and samples). The loop itself is ``
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
+from lm.data import objectives
+from lm.data import pipeline as data_lib
 from lm.parallel import sharding as shd
 from lm.parallel.pipeline import bubble_fraction
 from lm.peft.optim import frozen
@@ -65,15 +68,12 @@ class Trainer(Run):
 
     def state_from_params(self, params: dict) -> TrainState:
         """Step 0 with ``params`` (already sharded) and a fresh optimizer state beside them."""
-        import jax.numpy as jnp
         opt_state = jax.jit(self.optimizer.init, out_shardings=self.shardings.opt_state)(params)
         step = jax.device_put(jnp.zeros((), jnp.int32), self.shardings.step)
         return TrainState(step=step, params=params, opt_state=opt_state)
 
     def train_iterator(self):
         """This host's training batches for the experiment's objective and architecture."""
-        from lm.data import objectives
-        from lm.data import pipeline as data_lib
         exp = self.exp
         windows = data_lib.make_train_iterator(exp.data, exp.seed, jax.process_index(),
                                                jax.process_count())

@@ -1,7 +1,6 @@
 """Validation loss of a run's parameters on its mesh, and the training-time text sample."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
@@ -70,17 +69,21 @@ def _scores(prefix: str, loss_sum: float, weight_sum: float) -> dict:
 
 
 def sample_text(run, params, seed: int) -> str:
-    """``config.train``'s text sample from ``params`` on the run's mesh (every process calls it)."""
+    """``config.train``'s text sample from ``params`` on the run's mesh (every process calls it).
+    A decoder refills its cache past the context; other models keep the prompt's last tokens
+    that fit beside the new ones (``lm.models.decoding``)."""
     from lm.infer.decode import DecodeSettings, generate_past_context
+    from lm.models.decoding import decoding_for
 
     train, vocab = run.exp.train, run.vocab
     prompt = vocab.encode(train.sample_prompt) or [vocab.pad_id]
     context = min(run.exp.data.seq_len, run.exp.model.max_len)
-    settings = DecodeSettings(max_new_tokens=train.sample_tokens, temperature=train.sample_temperature,
+    scheme = decoding_for(run.exp.model)
+    new_tokens = scheme.fit_new_tokens(train.sample_tokens, context)
+    if not scheme.refills_past_context:
+        prompt = prompt[-scheme.prompt_room(new_tokens, context):]
+    settings = DecodeSettings(max_new_tokens=new_tokens, temperature=train.sample_temperature,
                               top_k=train.sample_top_k, seed=seed)
-    if run.exp.model.arch == "encoder_decoder":  # the decoder's positions end at the context
-        prompt = prompt[-context:]
-        settings = dataclasses.replace(settings, max_new_tokens=min(settings.max_new_tokens, context - 1))
     tokens = generate_past_context(run.graphdef, params, prompt, settings, context,
                                    mesh=run.mesh, rules=run.rules)
     return train.sample_prompt + vocab.decode(tokens)
