@@ -195,15 +195,20 @@ def test_prompt_initialized_from_text_is_that_text_prepended(model):
     np.testing.assert_allclose(forward(graphdef, params, toks), want, rtol=1e-5, atol=1e-5)
 
 
-def test_prompt_in_a_packed_row_is_prepended_to_every_document():
-    cfg = config("prompt", dict(prompt_length=4), positions="rope")
-    graphdef, params = split(build(cfg, seed=5))
+def assert_packed_like_separate_rows(graphdef, params):
+    """Two documents packed in one row (segments 1 and 2) give the logits of two separate rows."""
     toks = tokens(length=10)
     segments = np.array([[1] * 6 + [2] * 4] * B, np.int32)
     positions = np.array([list(range(6)) + list(range(4))] * B, np.int32)
     packed = forward(graphdef, params, toks, jnp.asarray(positions), jnp.asarray(segments))
     first, second = forward(graphdef, params, toks[:, :6]), forward(graphdef, params, toks[:, 6:])
     np.testing.assert_allclose(packed, np.concatenate([first, second], axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_prompt_in_a_packed_row_is_prepended_to_every_document():
+    cfg = config("prompt", dict(prompt_length=4), positions="rope")
+    graphdef, params = split(build(cfg, seed=5))
+    assert_packed_like_separate_rows(graphdef, params)
 
 
 @pytest.mark.parametrize("method", ["prefix", "prompt"])
@@ -214,12 +219,7 @@ def test_prefix_and_prompt_models_keep_the_base_parameters_and_pack_like_separat
     graphdef, params = split(build(cfg, seed=5))
     base_part, _ = peft_params.split_adapter(params, peft_params.trainable_mask(params, cfg.peft))
     assert jax.tree.all(jax.tree.map(np.array_equal, base_part, split(build(cfg.model, seed=5))[1]))
-    toks = tokens(length=10)
-    segments = np.array([[1] * 6 + [2] * 4] * B, np.int32)
-    positions = np.array([list(range(6)) + list(range(4))] * B, np.int32)
-    packed = forward(graphdef, params, toks, jnp.asarray(positions), jnp.asarray(segments))
-    first, second = forward(graphdef, params, toks[:, :6]), forward(graphdef, params, toks[:, 6:])
-    np.testing.assert_allclose(packed, np.concatenate([first, second], axis=1), rtol=1e-5, atol=1e-5)
+    assert_packed_like_separate_rows(graphdef, params)
 
 
 def test_prefix_model_cache_starts_with_the_learned_slots():

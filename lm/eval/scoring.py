@@ -31,7 +31,7 @@ from lm.eval.metrics import rolling_windows
 from lm.infer.decode import DecodeSettings, generate, generate_past_context, truncate_at_stop
 from lm.models.decoding import GENERATING_ARCHS as SCORING_ARCHS
 from lm.models.decoding import CausalDecoding, bucket, decoding_for, scheme_of
-from lm.parallel.axes import STANDARD_RULES, axis_rules, logical_to_spec
+from lm.parallel.axes import STANDARD_RULES, logical_to_spec, traced_on_mesh
 from lm.train.step import logits_fn, token_losses
 
 GENERATION_KEYS = ("until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p")
@@ -288,10 +288,7 @@ def _token_scores(graphdef: nnx.GraphDef, sharding: tuple, params, batch: dict
     """Log-probability [B, T] of each target, and whether it is the argmax of its logits;
     traced under ``axis_rules`` when ``sharding`` = (mesh, rules) has a mesh."""
     mesh, rules = sharding
-    if mesh is None:
-        return _scores(graphdef, params, batch)
-    with axis_rules(mesh, rules):
-        return _scores(graphdef, params, batch)
+    return traced_on_mesh(mesh, rules, lambda: _scores(graphdef, params, batch))
 
 
 def _scores(graphdef: nnx.GraphDef, params, batch: dict) -> tuple[jax.Array, jax.Array]:

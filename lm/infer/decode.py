@@ -26,7 +26,7 @@ from lm.infer import segments
 from lm.infer.beam import beam_search, length_penalty  # noqa: F401  (length_penalty re-exported)
 from lm.infer.sample import sample_logits
 from lm.models.decoding import DECODER_START_ID, GENERATING_ARCHS, decoding_for  # noqa: F401
-from lm.parallel.axes import STANDARD_RULES, axis_rules
+from lm.parallel.axes import STANDARD_RULES, traced_on_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +103,8 @@ def generate(graphdef: nnx.GraphDef, params, prompts: Sequence[Sequence[int]],
     static = dataclasses.replace(settings, seed=0, stop_strings=())  # one compile for every seed
     rules = None if mesh is None else tuple(STANDARD_RULES if rules is None else rules)
     plan = segments.Plan(static, lengths, return_logits, mesh, rules)
+    # Only the new tokens (and logits or scores) come to the host, replicated on the mesh so
+    # that every process can read them; the parameters stay where they are.
     out = jax.device_get(_decode(graphdef, plan, params, inputs, jax.random.key(settings.seed)))
     tokens = [_cut(row, settings.stop_tokens) for row in np.asarray(out["tokens"])]
     return Generation(tokens, out.get("logits"), out.get("scores"))
@@ -161,10 +163,7 @@ def _decode(graphdef, plan: segments.Plan, params, inputs, rng):
         if plan.settings.beam_size > 1:
             return beam_search(model, plan, inputs)
         return _sample(model, plan, inputs, rng)
-    if plan.mesh is None:
-        return run()
-    with axis_rules(plan.mesh, plan.rules):
-        return run()
+    return traced_on_mesh(plan.mesh, plan.rules, run)
 
 
 # ---------------------------------------------------------------------------------------------

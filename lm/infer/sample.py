@@ -82,7 +82,6 @@ def generate(graphdef: nnx.GraphDef, params, prompt: Sequence[int], max_new_toke
     length = max(len(prompt) + max_new_tokens, window)
     buffer = np.zeros((num_samples, length), np.int32)
     buffer[:, : len(prompt)] = prompt
-    params = jax.device_get(params)  # sampling is tiny; avoid resharding the whole loop
     out = _generate(graphdef, params, jnp.asarray(buffer), len(prompt), max_new_tokens, window,
                     float(temperature), int(top_k), jax.random.key(seed))
     out = np.asarray(out)

@@ -82,3 +82,13 @@ def constrain(x: jax.Array, names: Sequence[Optional[str]]) -> jax.Array:
     if len(names) != x.ndim:
         raise ValueError(f"{len(names)} axis names {tuple(names)} for an array of shape {x.shape}")
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, rules, mesh, x.shape)))
+
+
+def traced_on_mesh(mesh: Optional[Mesh], rules: Optional[Rules], fn):
+    """``fn()`` traced under (mesh, rules), its outputs replicated so that every process can
+    read them on the host (decoded tokens, scores: small); plain ``fn()`` without a mesh."""
+    if mesh is None:
+        return fn()
+    with axis_rules(mesh, rules):
+        replicated = NamedSharding(mesh, PartitionSpec())
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, replicated), fn())

@@ -44,12 +44,9 @@ def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None, device
 def run_pretrain(config, workdir: str, devices=None) -> dict:
     """Pretrains (resuming from the workdir's checkpoint); the last logged value of every metric,
     so a run that was already finished still reports its training and validation figures."""
-    from lm.train.metrics import read_metrics
+    from lm.train.metrics import last_logged
     final = pretrain(config, workdir, devices)
-    logged: dict = {}
-    for row in read_metrics(workdir):
-        logged.update(row)
-    return {**logged, **final}
+    return {**last_logged(workdir), **final}
 
 
 def validate_pretrain(config) -> None:

@@ -66,6 +66,14 @@ class MetricsWriter:
             self._tb.close()
 
 
+def last_logged(workdir: str) -> dict:
+    """The last logged value of every metric (a finished run reports its figures again)."""
+    logged: dict = {}
+    for row in read_metrics(workdir):
+        logged.update(row)
+    return logged
+
+
 def read_metrics(workdir: str) -> list[dict]:
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):

@@ -149,8 +149,8 @@ class Run:
     @property
     def can_sample(self) -> bool:
         """Generation from a prompt with the cached decoder (an encoder does not generate)."""
-        from lm.infer.decode import GENERATING_ARCHS
-        return self.exp.model.arch in GENERATING_ARCHS
+        from lm.models.decoding import decoding_for
+        return decoding_for(self.exp.model).can_generate
 
     def scorer(self, params, batch_size: int = 16, seed: int = 0, step: Optional[int] = None):
         """``ModelScorer`` (loglikelihood, rolling, generate_until) over ``params`` on the mesh."""

@@ -29,6 +29,7 @@ from lm.configlib import ConfigError
 from lm.fileio import write_atomically
 from lm.train.checkpoint import CheckpointError
 from lm.train.fit import fit
+from lm.train.metrics import last_logged
 from lm.train.run import Run
 from lm.train.sft_data import (SFTConfig, eval_row_batches, held_out_instances, mixture_instances,
                                mixture_parts, sft_config)
@@ -175,20 +176,11 @@ def sft(config, workdir: str, devices=None) -> dict:
     start = time.perf_counter()
     final, state = fit(trainer, lambda: trainer.state_from_params(initial_params(trainer, init_from)),
                        train_iter, {"": eval_row_batches(eval_arrays, exp.data.batch_size)}, [exact_match])
-    result = {**_logged(workdir), **final, "sft/train_seconds": time.perf_counter() - start,
+    result = {**last_logged(workdir), **final, "sft/train_seconds": time.perf_counter() - start,
               **_row_counts(train_report), **trainer.peft_summary()}
     if jax.process_index() == 0:
         _write_results(workdir, trainer, state, result, exact_match.samples)
     return result
-
-
-def _logged(workdir: str) -> dict:
-    """The last logged value of every metric (a finished run reports its figures again)."""
-    from lm.train.metrics import read_metrics
-    logged: dict = {}
-    for row in read_metrics(workdir):
-        logged.update(row)
-    return logged
 
 
 def _fmt(scores: dict) -> str:
