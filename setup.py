@@ -18,7 +18,8 @@ setup(
         "absl-py>=2.0,<3",
         "numpy>=1.26",
         "sentencepiece>=0.2,<0.3",
-        "tensorboardX>=2.6,<3",
+        "tensorboardX>=2.6,<3",  # writes the event files (lm/train/metrics.py)
+        "tensorboard>=2.16,<3",  # the viewer the README runs: tensorboard --logdir runs/demo
         "tqdm>=4.66,<5",
         "matplotlib>=3.7",
     ],

@@ -36,7 +36,7 @@ VOCAB = 65  # nanoGPT's Shakespeare characters
 
 def model_for(context: int, shape: dict):
     fields = {**presets.tiny_char().to_dict(), **shape}
-    cfg = ModelConfig(**{**fields, "vocab_size": VOCAB, "max_len": context}).validated()
+    cfg = ModelConfig(**{**fields, "vocab_size": VOCAB, "max_len": context})
     graphdef, state = nnx.split(build(cfg))
     return graphdef, state.to_pure_dict()
 
@@ -120,8 +120,8 @@ def main() -> None:
              "num_kv_heads": args.num_kv_heads}
     print(f"{cpu_name()}, {os.cpu_count()} cores, jax {jax.__version__} on "
           f"{jax.devices()[0].platform}; tiny_char shape with {args.num_layers} layers, d_model "
-          f"{args.d_model}, {args.num_heads} heads ({args.num_kv_heads or args.num_heads} KV), vocab {VOCAB}, prompt {args.prompt_len}, "
-          f"{args.new_tokens} new tokens")
+          f"{args.d_model}, {args.num_heads} heads ({args.num_kv_heads or args.num_heads} KV), "
+          f"vocab {VOCAB}, prompt {args.prompt_len}, {args.new_tokens} new tokens")
     print(f"{'batch':>5}  {'with cache tok/s':>16}  {'without cache tok/s':>19}  {'speedup':>7}  "
           f"{'matmuls only tok/s':>18}")
     rows = []

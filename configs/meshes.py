@@ -5,14 +5,13 @@ the command line (``--config.mesh.sequence=2``).
 """
 from __future__ import annotations
 
-import dataclasses
-
 import ml_collections
+
+from lm.parallel.mesh import MeshConfig
 
 
 def mesh(**fields) -> ml_collections.ConfigDict:
-    from lm.parallel.mesh import MeshConfig
-    return ml_collections.ConfigDict({**dataclasses.asdict(MeshConfig()), **fields})
+    return MeshConfig.defaults(**fields)
 
 
 def data_parallel():

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import ml_collections
 
+from lm.models.config import ModelConfig
+
 
 def _model(**fields) -> ml_collections.ConfigDict:
-    from lm.models.config import ModelConfig  # every preset is a valid ModelConfig
-    import dataclasses
-    base = dataclasses.asdict(ModelConfig())
-    unknown = set(fields) - set(base)
-    if unknown:
-        raise KeyError(f"unknown model fields in preset: {sorted(unknown)}")
-    return ml_collections.ConfigDict({**base, **fields})
+    """Every field of ModelConfig at its default, then ``fields`` (an unknown name is refused)."""
+    return ModelConfig.defaults(**fields)
 
 
 def tiny_char() -> ml_collections.ConfigDict:

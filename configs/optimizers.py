@@ -1,14 +1,13 @@
 """Optimizer presets: ``config.optimizer`` sections."""
 from __future__ import annotations
 
-import dataclasses
-
 import ml_collections
+
+from lm.train.optimizer import OptimizerConfig
 
 
 def _optimizer(**fields) -> ml_collections.ConfigDict:
-    from lm.train.optimizer import OptimizerConfig
-    return ml_collections.ConfigDict({**dataclasses.asdict(OptimizerConfig()), **fields})
+    return OptimizerConfig.defaults(**fields)
 
 
 def adamw(lr=1e-3, min_lr=1e-4, warmup_steps=100, b2=0.99, weight_decay=0.1):

@@ -5,17 +5,14 @@ import logging
 import os
 import sys
 
-from lm.configlib import ConfigError, unknown_key_message
-
-TOP_LEVEL_KEYS = ("mode", "seed", "data", "model", "optimizer", "train", "mesh", "ngram", "sample", "eval",
-                  "sft", "peft", "init_from")
+from lm.configlib import ConfigError
 
 
 def validate_top_level(config) -> None:
-    for key in config.keys():
-        if key not in TOP_LEVEL_KEYS:
-            raise ConfigError(unknown_key_message(key, list(TOP_LEVEL_KEYS), "config"))
+    """Known top-level keys and a known mode (the launchers that do not run the mode itself)."""
     from lm.modes import mode
+    from lm.sections import check_top_level
+    check_top_level(config)
     mode(config.get("mode"))
 
 

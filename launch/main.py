@@ -27,12 +27,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from lm.modes import mode
+    from lm import modes
     from lm.parallel.distributed import initialize
     config = FLAGS.config
-    common.validate_top_level(config)
-    entry = mode(config.mode)
-    entry.validate(config)  # every section the mode reads, before any work starts
+    entry = modes.validate(config)  # every section the mode reads, before any work starts
     initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     common.setup_logging(FLAGS.workdir)
     options = {"interactive": FLAGS.interactive,

@@ -4,10 +4,11 @@
         --config=experiments/gpt3_synthetic.py:1_3b --workdir=/shared/runs/gpt3 \
         --config.mesh.data=1 --config.mesh.fsdp=-1
 
-Everything after ``--`` goes to ``launch.main``. The script writes an sbatch file whose
-``srun`` starts ``launch.main`` on every node with ``LM_COORDINATOR_ADDRESS=auto``;
-``jax.distributed.initialize()`` reads the node list from SLURM's environment. ``--dry_run``
-prints the sbatch file and the submit command instead of submitting.
+Everything after ``--`` goes to ``launch.main``. The script hands sbatch a job script (on its
+standard input) whose ``srun`` starts ``launch.main`` on every node with
+``LM_COORDINATOR_ADDRESS=auto``; ``jax.distributed.initialize()`` reads the node list from
+SLURM's environment. ``--dry_run`` prints the job script and the submit command instead of
+submitting.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 
 from absl import app, flags
 
@@ -51,10 +51,9 @@ def main(argv) -> None:
         print(script)
         print("sbatch <the file above>")
         return
-    with tempfile.NamedTemporaryFile("w", suffix=".sbatch", delete=False) as f:
-        f.write(script)
-    print(f"sbatch {f.name}", flush=True)
-    subprocess.run(["sbatch", f.name], check=True)
+    # sbatch reads the script from standard input when given no file: nothing is left in /tmp.
+    print("sbatch < (the job script printed by --dry_run)", flush=True)
+    subprocess.run(["sbatch"], input=script, text=True, check=True)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ from lm.configlib import call_file_function
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Sweep file (path[:variant]) defining get_sweep(variant).")
 flags.DEFINE_string("workdir", None, "Directory for the variants' runs and the results.")
-flags.DEFINE_multi_string("set", [], "<dotted.key>=<value>: overrides the base config of every "
-                          "variant (repeatable), e.g. --set=train.steps=100.")
+flags.DEFINE_multi_string("set", [], "<dotted.key>=<value>: overrides every variant's config, "
+                          "after (and over) the variant's own overrides (repeatable), e.g. "
+                          "--set=train.steps=100.")
 flags.DEFINE_bool("dry_run", False, "List the variants and their configs, then stop.")
 flags.mark_flags_as_required(["config"])
 

@@ -27,6 +27,7 @@ class Mode:
     evaluate: Union[Fn, str, None] = None
     summary: str = ""
     reads_workdir: bool = False  # uses a trained run: model and data from its config.json
+    reads: tuple[str, ...] = ()  # the config sections ``validate`` checks
 
     def resolved(self, name: str) -> "Mode":
         """This mode with every 'module:function' imported (a clear error naming the mode)."""
@@ -44,19 +45,25 @@ def _load(name: str, fn: Union[Fn, str, None]) -> Optional[Fn]:
         raise ConfigError(f"runner {name!r} needs {fn}, which cannot be loaded: {e}") from None
 
 
+TRAINING = ("data", "model", "optimizer", "train", "mesh", "peft")
 MODES: dict[str, Mode] = {
     "pretrain": Mode("lm.train.loop:run_pretrain", "lm.train.loop:validate_pretrain",
-                     "lm.train.loop:evaluate_checkpoint", "train from scratch (or resume)"),
+                     "lm.train.loop:evaluate_checkpoint", "train from scratch (or resume)",
+                     reads=TRAINING),
     "sft": Mode("lm.train.sft:run_sft", "lm.train.sft:validate_sft",
-                "lm.train.loop:evaluate_checkpoint", "instruction tuning from config.init_from"),
+                "lm.train.loop:evaluate_checkpoint", "instruction tuning from config.init_from",
+                reads=TRAINING + ("sft",)),
     "eval": Mode("lm.eval.runner:evaluate_workdir", "lm.eval.runner:validate_eval",
-                 summary="validation loss and config.eval.tasks of a trained run", reads_workdir=True),
+                 summary="validation loss and config.eval.tasks of a trained run", reads_workdir=True,
+                 reads=("eval", "mesh")),
     "sample": Mode("lm.infer.session:sample_workdir", "lm.infer.session:validate_sample",
-                   summary="continue prompts with a trained run", reads_workdir=True),
+                   summary="continue prompts with a trained run", reads_workdir=True,
+                   reads=("sample", "mesh")),
     "compile": Mode("lm.train.compile_only:run_compile", "lm.train.loop:validate_pretrain",
-                    summary="compile the train step for the mesh; memory, FLOPs, collectives"),
+                    summary="compile the train step for the mesh; memory, FLOPs, collectives",
+                    reads=TRAINING),
     "ngram": Mode("lm.baselines.run:run_ngram", "lm.baselines.run:validate_ngram",
-                  summary="Kneser-Ney n-gram baseline"),
+                  summary="Kneser-Ney n-gram baseline", reads=("ngram", "data")),
 }
 
 
@@ -68,6 +75,17 @@ def mode(name: str, what: str = "config.mode") -> Mode:
         raise ConfigError(f"{what}={name!r} is not one of the modes.{hint} Modes: "
                           f"{', '.join(MODES)}.")
     return MODES[name].resolved(name)
+
+
+def validate(config) -> Mode:
+    """Checks the top-level keys and every section ``config.mode`` reads, before any work
+    starts; returns the mode, its functions imported."""
+    from lm.sections import check_top_level  # the section classes import jax: only when used
+
+    check_top_level(config)
+    entry = mode(config.get("mode"))
+    entry.validate(config)
+    return entry
 
 
 def register_mode(name: str, entry: Mode) -> None:

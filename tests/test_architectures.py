@@ -58,7 +58,7 @@ CROSS = np.array([[1, 1, 1, 0, 0, 0],
 
 
 def config(**overrides) -> ModelConfig:
-    return ModelConfig(**{**BASE, **overrides}).validated()
+    return ModelConfig(**{**BASE, **overrides})
 
 
 def decoder_batch(tokens=None):

@@ -275,8 +275,10 @@ def test_seqio_tasks_register_and_produce_windows(tasks):
 def test_seqio_char_vocabulary_matches_in_tensorflow(tasks):
     import tensorflow as tf
 
+    from lm.data.seqio_vocab import as_seqio_vocabulary
+
     vocab = vocab_lib.make_vocabulary("char", "britannica")
-    seqio_vocab = vocab_lib.as_seqio_vocabulary(vocab)
+    seqio_vocab = as_seqio_vocabulary(vocab)
     text = corpus_lib.corpus_text("britannica")[:3000] + "\U0001F600"
     ids = seqio_vocab.encode_tf(tf.constant(text)).numpy()
     assert ids.tolist() == vocab.encode(text) == seqio_vocab.encode(text)

@@ -22,7 +22,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 def built(**overrides):
-    cfg = ModelConfig(**{**BASE, **overrides}).validated()
+    cfg = ModelConfig(**{**BASE, **overrides})
     model = build(cfg)
     graphdef, state = nnx.split(model)
     return model, graphdef, state.to_pure_dict()

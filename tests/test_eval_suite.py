@@ -104,7 +104,7 @@ def test_seqio_path_equals_string_requests_on_a_real_model():
     """The suite tokenizes through seqio; ModelScorer's string requests tokenize in Python: the
     same model must get the same numbers both ways."""
     model = build(ModelConfig(vocab_size=VOCAB.vocab_size, num_layers=2, d_model=32, num_heads=2,
-                              max_len=32, init_std=0.3).validated(), seed=3)
+                              max_len=32, init_std=0.3), seed=3)
     graphdef, state = nnx.split(model)
     scorer = ModelScorer(graphdef, state.to_pure_dict(), model.cfg, VOCAB, 32, batch_size=4)
     rows = ({"context": "def f(x):\n", "choices": ["    return x", "    pass"], "label": 0},
@@ -153,12 +153,12 @@ def test_build_tasks_limits_rows_and_refuses_bad_names(tmp_path):
     with pytest.raises(ConfigError, match="unknown task 'lastword'.*last_word"):
         build_tasks(EvalConfig(tasks="lastword"), lambda: text)
     with pytest.raises(ConfigError, match="pass_k"):
-        EvalConfig(pass_k="1,x").validated()
+        EvalConfig(pass_k="1,x")
     # The same names are refused when the section is validated, before a checkpoint is read.
     with pytest.raises(ConfigError, match="unknown task 'lastword'.*last_word"):
-        EvalConfig(tasks="lastword").validated()
+        EvalConfig(tasks="lastword")
     with pytest.raises(ConfigError, match="existing file"):
-        EvalConfig(tasks=f"choice:{tmp_path}/missing.jsonl").validated()
+        EvalConfig(tasks=f"choice:{tmp_path}/missing.jsonl")
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps({"context": "2+2=", "target": "4"}) + "\n\n" + json.dumps({"context": "x"}) + "\n")
     with pytest.raises(ConfigError, match="row 1: missing field.*target"):

@@ -39,7 +39,7 @@ VISIBLE = 1e-2
 
 
 def llama_config(**overrides) -> ModelConfig:
-    return ModelConfig(**{**LLAMA, **overrides}).validated()
+    return ModelConfig(**{**LLAMA, **overrides})
 
 
 def random_params(cfg: ModelConfig, seed: int = 0) -> dict:
@@ -217,7 +217,7 @@ def test_a_pipelined_stack_exports_like_the_scanned_one(tmp_path):
     """Pipeline stages hold layer l = stage * layers_per_stage + j at [stage, j]: the scanned
     stack [layers, ...] reshaped, which must export to the very same tensors."""
     scanned = llama_config(num_layers=4, scan_layers=True)
-    pipelined = dataclasses.replace(scanned, scan_layers=False, pipeline_stages=2).validated()
+    pipelined = dataclasses.replace(scanned, scan_layers=False, pipeline_stages=2)
     params = random_params(scanned, seed=3)
     staged = {**params, "blocks": jax.tree.map(lambda w: w.reshape(2, 2, *w.shape[1:]), params["blocks"])}
     shapes = jax.tree.map(np.shape, abstract_model(pipelined)[1].to_pure_dict())

@@ -44,7 +44,7 @@ def test_bootstrap_writes_the_accepted_tasks(tmp_path):
 
 def test_bootstrap_with_a_real_model(tmp_path):
     model = build(ModelConfig(vocab_size=VOCAB.vocab_size, num_layers=1, d_model=32, num_heads=2,
-                              max_len=64).validated(), seed=0)
+                              max_len=64), seed=0)
     graphdef, state = nnx.split(model)
     scorer = ModelScorer(graphdef, state.to_pure_dict(), model.cfg, VOCAB, 64, batch_size=4)
     report = bootstrap(scorer, SEEDS, str(tmp_path / "tasks.jsonl"), rounds=1, per_round=3, seed=1,

@@ -104,9 +104,11 @@ def test_pod_launchers_dry_run_print_the_exact_commands():
     tpu = run_module("launch.tpu", "--tpu=pod", "--zone=us-central2-b", "--dry_run", *main_args)
     assert tpu.returncode == 0, tpu.stderr[-2000:]
     lines = tpu.stdout.strip().splitlines()
-    assert lines[0].startswith("gcloud compute tpus tpu-vm scp --recurse . ")
-    assert lines[1].startswith("gcloud compute tpus tpu-vm ssh pod --zone=us-central2-b --worker=all")
-    assert "LM_COORDINATOR_ADDRESS=auto python3 -m launch.main --config=experiments/palm.py:8b" in lines[1]
+    assert lines[0].startswith("tar -czf ") and "--exclude=.venv" in lines[0]  # tests/test_tpu_launch.py
+    assert lines[1].startswith("gcloud compute tpus tpu-vm scp ") and " 'pod:~/lm.tar.gz' " in lines[1]
+    assert lines[2].startswith("gcloud compute tpus tpu-vm ssh pod --zone=us-central2-b --worker=all")
+    assert "tar -xzf ~/lm.tar.gz -C ~/lm" in lines[2]
+    assert "LM_COORDINATOR_ADDRESS=auto python3 -m launch.main --config=experiments/palm.py:8b" in lines[2]
 
     slurm = run_module("launch.slurm", "--nodes=4", "--gpus_per_node=8", "--dry_run", *main_args)
     assert slurm.returncode == 0, slurm.stderr[-2000:]

@@ -18,6 +18,7 @@ import yaml
 
 from lm.configlib import ConfigError
 from lm.eval.scoring import ModelScorer
+from lm.eval.trained import scorer_from_workdir
 from tests.helpers import ROOT, run_module, small_config
 
 TASKS_DIR = "tests/data/lm_eval"  # relative to ROOT, where the tasks' data_files are read from
@@ -54,7 +55,7 @@ def workdir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def scorer(workdir) -> ModelScorer:
-    return ModelScorer.from_workdir(workdir)
+    return scorer_from_workdir(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +69,13 @@ def harness_run(workdir, tmp_path_factory) -> tuple[dict, dict]:
                      "--output_path", str(out / "results"), "--log_samples", env=env, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     assert "lm loglikelihood" in run.stderr  # the adapter's progress bar
-    (results_path,) = glob.glob(str(out / "results" / "**" / "results_*.json"), recursive=True)
+    folder = out / "results" / f"run_step{STEPS}"  # named after the workdir and its checkpoint
+    (results_path,) = glob.glob(str(folder / "results_*.json"))
     with open(results_path) as f:
         results = json.load(f)
     samples = {}
     for task in TASKS:
-        (path,) = glob.glob(str(out / "results" / "**" / f"samples_{task}_*.jsonl"), recursive=True)
+        (path,) = glob.glob(str(folder / f"samples_{task}_*.jsonl"))
         with open(path) as f:
             samples[task] = sorted((json.loads(line) for line in f), key=lambda s: s["doc_id"])
     return results, samples
@@ -86,6 +88,10 @@ def test_results_name_the_evaluated_checkpoint(harness_run, workdir):
     assert config["model_step"] == STEPS
     assert (config["model_context_len"], config["model_batch_size"]) == (WINDOW, 4)
     assert set(results["results"]) == set(TASKS)
+    # run_module runs on one CPU device: recorded as such, not as lm_eval's default cuda:0.
+    assert (config["device"], config["model_jax_backend"], config["model_devices"]) == (
+        "cpu:0", "cpu", ["cpu:0"])
+    assert results["model_name"] == f"run_step{STEPS}"
 
 
 def test_multiple_choice_metrics(harness_run, scorer):
@@ -198,6 +204,57 @@ def test_model_args_are_converted_and_checked(tmp_path):
         HarnessModel.create_from_arg_obj({"workdir": "runs/a", "step": "last"})
     with pytest.raises(ConfigError, match="is not a training workdir"):
         HarnessModel.create_from_arg_string(f"workdir={tmp_path / 'missing'}")
+
+
+def fake_devices(platform: str, ids) -> list:
+    import types
+
+    return [types.SimpleNamespace(platform=platform, id=i) for i in ids]
+
+
+def test_device_summary_names_what_jax_runs_on():
+    from lm.eval.harness import device_summary, parameter_devices
+
+    assert device_summary(fake_devices("cpu", [0])) == "cpu:0"
+    assert device_summary(fake_devices("tpu", [3, 0, 1, 2])) == "tpu:0-3 (4 devices)"
+    assert device_summary(fake_devices("gpu", [0, 2])) == "gpu:0,2 (2 devices)"
+    params = {"w": jax.device_put(np.ones(2), jax.devices()[1]), "b": jax.device_put(1.0, jax.devices()[0])}
+    assert parameter_devices(params) == jax.devices()[:2]
+
+
+def test_device_argument_is_the_jax_device_for_this_model_only():
+    from lm.eval.harness import model_from_argv, with_jax_device
+
+    one_cpu = fake_devices("cpu", [0])
+    argv = ["run", "--model", "lm", "--model_args", "workdir=runs/a", "--tasks", "x"]
+    assert with_jax_device(argv, one_cpu) == argv + ["--device", "cpu:0"]
+    given = ["run", "--device", "cuda:0", "--model=lm", "--device=cuda", "--tasks", "x"]
+    assert with_jax_device(given, one_cpu) == ["run", "--model=lm", "--tasks", "x", "--device", "cpu:0"]
+    assert [model_from_argv(a) for a in (argv, given, ["run", "-M", "lm"], ["run", "--model", "hf"],
+                                         ["run", "--tasks", "x"])] == ["lm", "lm", "lm", "hf", "hf"]
+
+
+def test_results_folder_is_named_after_the_workdir_and_checkpoint(tmp_path):
+    from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
+
+    from lm.eval.harness import latest_checkpoint_step, results_folder_name, results_model_name
+
+    workdir = tmp_path / "demo"
+    assert latest_checkpoint_step(str(workdir)) is None
+    for name in ("100", "2000", "3000.orbax-checkpoint-tmp-12"):  # the last is being written
+        (workdir / "checkpoints" / name).mkdir(parents=True)
+    assert latest_checkpoint_step(str(workdir)) == 2000
+    assert results_folder_name("runs/demo/", 7) == "demo_step7"
+    assert results_folder_name("runs/my run", None) == "my_run_latest"
+    assert results_model_name(f"workdir={workdir},batch_size=4") == "demo_step2000"
+    assert results_model_name({"workdir": str(workdir), "step": "100"}) == "demo_step100"
+    assert results_model_name("pretrained=gpt2") is None
+    # lm_eval names its results folder with these; other models keep lm_eval's own names.
+    assert GeneralConfigTracker._get_model_name({"workdir": str(workdir), "step": 100}) == "demo_step100"
+    assert GeneralConfigTracker._get_model_name("pretrained=org/model,dtype=float32") == "org/model"
+    tracker = GeneralConfigTracker()
+    tracker.log_experiment_args("lm", f"workdir={workdir}", None, None, False)
+    assert tracker.model_name_sanitized == "demo_step2000"
 
 
 def test_lm_eval_is_imported_only_by_the_adapter():

@@ -30,7 +30,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 def config(**overrides) -> ModelConfig:
-    return ModelConfig(**{**BASE, **overrides}).validated()
+    return ModelConfig(**{**BASE, **overrides})
 
 
 def tokens(seed: int = 0, batch: int = B, length: int = T) -> np.ndarray:

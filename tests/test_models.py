@@ -24,7 +24,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 def config(**overrides) -> ModelConfig:
-    return ModelConfig(**{**BASE, **overrides}).validated()
+    return ModelConfig(**{**BASE, **overrides})
 
 
 def tokens(seed: int = 0, batch: int = B, length: int = T) -> np.ndarray:
@@ -288,7 +288,7 @@ def test_dropout():
 
 
 def _preset_count(name: str) -> int:
-    cfg = ModelConfig(**presets.get(name).to_dict()).validated()
+    cfg = ModelConfig(**presets.get(name).to_dict())
     return param_count(abstract_model(cfg)[1])
 
 

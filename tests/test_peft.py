@@ -42,8 +42,8 @@ class Setup(NamedTuple):
 
 
 def config(method: str = "none", peft: dict | None = None, **model) -> Setup:
-    model_cfg = ModelConfig(**{**BASE, **model}).validated()
-    peft_cfg = PeftConfig(method=method, **(peft or {})).validated()
+    model_cfg = ModelConfig(**{**BASE, **model})
+    peft_cfg = PeftConfig(method=method, **(peft or {}))
     peft_cfg.check_model(model_cfg)
     return Setup(model_cfg, peft_cfg)
 
@@ -102,7 +102,7 @@ def leaves(tree) -> dict:
 
 def test_none_is_the_plain_model_and_configs_stay_hashable():
     cfg = config()
-    assert cfg.model == ModelConfig(**BASE).validated() and hash(cfg) == hash(config())
+    assert cfg.model == ModelConfig(**BASE) and hash(cfg) == hash(config())
     assert not any(peft_params.is_peft_path(path) for path in peft_params.expected_shapes(cfg.model))
     graphdef, params = split(build(cfg, seed=1))
     base_graphdef, base_params = split(models.build(cfg.model, seed=1))
@@ -123,7 +123,7 @@ def test_none_is_the_plain_model_and_configs_stay_hashable():
 ])
 def test_bad_configs_are_refused_naming_the_field(peft, model, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        PeftConfig(**peft).validated().check_model(ModelConfig(**{**BASE, **model}).validated())
+        PeftConfig(**peft).check_model(ModelConfig(**{**BASE, **model}))
 
 
 def test_lora_targets_matching_nothing_names_the_regex_and_real_paths():

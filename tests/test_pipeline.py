@@ -20,6 +20,7 @@ from lm.parallel.pipeline import bubble_fraction, num_iterations, pipeline_apply
 from lm.parallel.rules import STANDARD
 from lm.parallel.sharding import batch_sharding, param_shardings
 from lm.train.state import abstract_model, param_count
+from tests.test_pipeline_init import as_list_of_layers
 
 # 8 layers so that S=4 (GPipe) and S=2 x R=2 (circular) both divide them; init_std 0.2 so that
 # attention patterns, and so the positions and segments riding with each microbatch, matter.
@@ -30,12 +31,12 @@ RTOL = 1e-5
 
 
 def config(**overrides) -> ModelConfig:
-    return ModelConfig(**{**BASE, **overrides}).validated()
+    return ModelConfig(**{**BASE, **overrides})
 
 
 def pipelined(cfg: ModelConfig, stages: int, microbatches: int, repeats: int = 1) -> ModelConfig:
     return dataclasses.replace(cfg, pipeline_stages=stages, pipeline_microbatches=microbatches,
-                               pipeline_repeats=repeats).validated()
+                               pipeline_repeats=repeats)
 
 
 def packed_batch() -> dict:
@@ -207,11 +208,11 @@ def test_config_rejects_fewer_microbatches_than_stages():
 
 
 def test_config_rejects_nonsense_pipeline_values():
-    with pytest.raises(ConfigError, match="pipeline_stages must be >= 1"):
+    with pytest.raises(ConfigError, match="pipeline_stages=0 must be >= 1"):
         config(pipeline_stages=0)
     with pytest.raises(ConfigError, match="pipeline_repeats=2 needs pipeline_stages > 1"):
         config(pipeline_repeats=2)
-    with pytest.raises(ConfigError, match="pipeline_microbatches must be >= 0"):
+    with pytest.raises(ConfigError, match="pipeline_microbatches=-1 must be >= 0"):
         config(pipeline_stages=2, pipeline_microbatches=-1)
 
 
@@ -235,12 +236,14 @@ def test_pipelined_parameters_are_stacked_by_stage(stages, repeats):
         assert len(axes) == len(shape), (path, shape, axes)
 
 
-def test_pipelined_model_initialises_like_the_scanned_one():
-    """Same seed, same weights: layer l of the scanned model is [r, s, j] of the pipelined one."""
+def test_pipelined_model_initialises_like_the_list_of_layers():
+    """Same seed, same weights: block l of the plain model (a list of layers) is [r, s, j] of the
+    pipelined one (every form: tests/test_pipeline_init.py)."""
     cfg = pipelined(config(), 2, 2, 2)
-    scanned = nnx.split(build(config(), seed=5))[1].to_pure_dict()
+    plain = nnx.split(build(config(scan_layers=False), seed=5))[1].to_pure_dict()
     stacked = nnx.split(build(cfg, seed=5))[1].to_pure_dict()
-    assert_close(blocks_to_sequential(stacked, cfg), scanned, rtol=0.0)
+    assert jax.tree.structure(as_list_of_layers(stacked, cfg)) == jax.tree.structure(plain)
+    assert_close(as_list_of_layers(stacked, cfg), plain, rtol=0.0)
 
 
 # ----------------------------------------------------------------------------- same weights

@@ -48,7 +48,7 @@ def test_prefill_and_decode_step_equal_the_uncached_forward(arch):
 
 def test_only_the_encoder_does_not_generate():
     for arch in ("decoder", "prefix_decoder", "encoder_decoder", "lstm", "encoder"):
-        model = build(ModelConfig(arch=arch, **BASE).validated())
+        model = build(ModelConfig(arch=arch, **BASE))
         assert model.can_generate == (arch != "encoder")
         assert decoding_for(model.cfg).can_generate == model.can_generate
 
@@ -132,7 +132,7 @@ def test_scoring_batches_split_over_the_mesh_batch_ways():
     mesh = _mesh()
     assert batch_ways(None, None) == 1
     assert batch_ways(mesh, STANDARD_RULES) == 2  # the standard layout splits rows over data
-    decoding = decoding_for(ModelConfig(**BASE).validated())
+    decoding = decoding_for(ModelConfig(**BASE))
     batch, scored = batch_layout(decoding, [([1, 2], [3]), ([4], [5, 6])], 24, 16, ways=4)
     assert batch["inputs"].shape == (4, 2) and scored.shape == (4, 2)
     np.testing.assert_array_equal(batch["inputs"][:2], [[1, 2], [4, 5]])
@@ -146,7 +146,7 @@ def test_sharded_scorer_equals_one_device(arch):
     vocab = SyntheticVocabulary(24)
     mesh = _mesh()
     cfg = ModelConfig(arch=arch, vocab_size=vocab.vocab_size, num_layers=2, d_model=16,
-                      num_heads=2, max_len=16, init_std=0.3).validated()
+                      num_heads=2, max_len=16, init_std=0.3)
     graphdef, params, sharded = _sharded(build(cfg, seed=1), mesh)
     requests = [("3 4 5", " 6 7"), ("8", " 9 10 11"), ("12 13 14 15 16", " 17")]
     one = ModelScorer(graphdef, params, cfg, vocab, 16, batch_size=3)

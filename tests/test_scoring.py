@@ -15,6 +15,7 @@ from flax import nnx
 from lm.data.vocab import EOS_ID, SyntheticVocabulary
 from lm.eval.metrics import rolling_windows
 from lm.eval.scoring import ModelScorer, generation_settings
+from lm.eval.trained import scorer_from_workdir
 from lm.infer.decode import DECODER_START_ID, DecodeSettings, generate
 from lm.models import ModelConfig, build
 from lm.train.checkpoint import CheckpointError
@@ -43,7 +44,7 @@ REQUESTS = [(text(random_ids(n, seed)), " " + text(random_ids(m, seed + 100)))
 
 @functools.lru_cache(maxsize=None)
 def scorer_for(arch: str) -> tuple[ModelScorer, nnx.Module]:
-    model = build(ModelConfig(arch=arch, **TINY).validated(), seed=1)
+    model = build(ModelConfig(arch=arch, **TINY), seed=1)
     graphdef, state = nnx.split(model)
     return ModelScorer(graphdef, state.to_pure_dict(), model.cfg, VOCAB, WINDOW, batch_size=4), model
 
@@ -97,7 +98,7 @@ def test_prefix_decoder_reads_the_context_bidirectionally():
     prefix_scorer, prefix_model = scorer_for("prefix_decoder")
     context, continuation = REQUESTS[0]
     graphdef, state = nnx.split(prefix_model)
-    causal_cfg = ModelConfig(arch="decoder", **TINY).validated()
+    causal_cfg = ModelConfig(arch="decoder", **TINY)
     causal = ModelScorer(graphdef, state.to_pure_dict(), causal_cfg, VOCAB, WINDOW)
     bidirectional = prefix_scorer.loglikelihood([(context, continuation)])[0][0]
     assert abs(bidirectional - causal.loglikelihood([(context, continuation)])[0][0]) > 1e-3
@@ -169,7 +170,7 @@ def test_generation_settings_follow_the_harness():
 
 
 def test_encoder_is_refused():
-    cfg = ModelConfig(arch="encoder", **TINY).validated()
+    cfg = ModelConfig(arch="encoder", **TINY)
     graphdef, state = nnx.split(build(cfg))
     with pytest.raises(ValueError, match="arch='encoder' is a bidirectional"):
         ModelScorer(graphdef, state.to_pure_dict(), cfg, VOCAB, WINDOW)
@@ -181,7 +182,7 @@ def test_from_workdir_restores_the_trained_model(tmp_path, one_device):
     config = small_config(steps=2, num_layers=1, d_model=16, num_heads=2, num_kv_heads=0)
     workdir = str(tmp_path / "run")
     final = pretrain(config, workdir, devices=one_device)
-    scorer = ModelScorer.from_workdir(workdir)
+    scorer = scorer_from_workdir(workdir)
     assert (scorer.step, scorer.window, scorer.arch) == (2, 16, "decoder")
     # The validation loss of training, recomputed as loglikelihood requests: the first input
     # token is the context, the 16 targets the continuation.
@@ -196,4 +197,4 @@ def test_from_workdir_restores_the_trained_model(tmp_path, one_device):
     with open(os.path.join(workdir, "config.json")) as f:
         (empty / "config.json").write_text(json.dumps(json.load(f)))
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        ModelScorer.from_workdir(str(empty))
+        scorer_from_workdir(str(empty))

@@ -69,7 +69,7 @@ def _leaves(params) -> dict:
 
 @pytest.mark.parametrize("method", [pytest.param("full", marks=pytest.mark.slow), "lora"])
 def test_sft_from_a_pretrained_run(tmp_path, method):
-    from lm.eval.scoring import ModelScorer
+    from lm.eval.trained import scorer_from_workdir
 
     base = _smoke_base(tmp_path)
     workdir = str(tmp_path / method)
@@ -79,8 +79,8 @@ def test_sft_from_a_pretrained_run(tmp_path, method):
     saved = json.load(open(os.path.join(workdir, "sft_result.json")))
     assert saved["sft/after/exact_match"] == result["sft/after/exact_match"]
     assert len(open(os.path.join(workdir, "sft_answers.jsonl")).read().splitlines()) == 16
-    before = _leaves(ModelScorer.from_workdir(base).params)
-    after = _leaves(ModelScorer.from_workdir(workdir).params)
+    before = _leaves(scorer_from_workdir(base).params)
+    after = _leaves(scorer_from_workdir(workdir).params)
     shared = [k for k in before if k in after]
     changed = [k for k in shared if not np.array_equal(before[k], after[k])]
     if method == "full":

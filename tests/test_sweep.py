@@ -9,8 +9,9 @@ import jax
 import pytest
 
 from lm.configlib import ConfigError
-from lm.sweep import Eval, Plot, Sweep, Variant, grid, registry, run_sweep
+from lm.sweep import Eval, Plot, Sweep, Variant, grid, plan, registry, run_sweep
 from lm.sweep.overrides import parse_assignments
+from lm.sweep.runner import variant_config
 from tests.helpers import run_module, small_config
 
 
@@ -78,6 +79,46 @@ def test_set_values_take_the_type_of_the_field():
     assert isinstance(overrides["optimizer.lr"], float)
     with pytest.raises(ConfigError, match="cannot read 'many' as a int"):
         parse_assignments(["train.steps=many"], tiny_base())
+
+
+def test_set_reaches_every_variant_over_its_own_values(monkeypatch):
+    fake_runner(monkeypatch)
+    sweep = tiny_sweep([Variant("short", {"train.steps": 50, "model.mlp": "gelu"}, "fake"),
+                        Variant("long", {"train.steps": 65237}, "fake")])
+    planned = plan(sweep, parse_assignments(["train.steps=3"], sweep.base))
+    assert [item.config.train.steps for item in planned] == [3, 3]
+    assert planned[0].config.model.mlp == "gelu"  # the variant's other values stay
+    assert planned[0].overrides == {"train.steps": 3, "model.mlp": "gelu"}  # what the table shows
+    assert variant_config(sweep, sweep.variants[1], {"train.steps": 3},
+                          registry.get_runner("fake")).train.steps == 3
+    with pytest.raises(ConfigError, match="--set.*'stpes'.*'config.train.steps'"):
+        plan(sweep, {"train.stpes": 3})
+    with pytest.raises(ConfigError, match="--set.*train.steps='many' is a str"):
+        plan(sweep, {"train.steps": "many"})
+
+
+def test_set_goes_under_each_evaluations_own_overrides():
+    """An evaluation's overrides (a longer context, say) still apply on top of --set."""
+    sweep = tiny_sweep([Variant("a", {"train.steps": 50}), Variant("b", {"train.steps": 70})],
+                       evals=[Eval("len32", {"data.seq_len": 32, "train.steps": 9})])
+    planned = plan(sweep, {"train.steps": 3, "data.seq_len": 8})
+    assert [item.config.train.steps for item in planned] == [3, 3]
+    assert [item.config.data.seq_len for item in planned] == [8, 8]
+    evals = [config for item in planned for _, config in item.evals]
+    assert [(c.data.seq_len, c.train.steps) for c in evals] == [(32, 9), (32, 9)]
+
+
+def test_results_and_dry_run_show_the_values_set_for_every_variant(tmp_path, monkeypatch):
+    fake_runner(monkeypatch)
+    sweep = tiny_sweep([Variant("steps=50", {"train.steps": 50}, "fake"),
+                        Variant("steps=70", {"train.steps": 70}, "fake")])
+    lines = []
+    run_sweep(sweep, str(tmp_path / "out"), {"train.steps": 3}, dry_run=True, echo=lines.append)
+    assert "    train.steps = 3 (--set; the variant's own: 70)" in lines[0]
+    run_sweep(sweep, str(tmp_path / "out"), {"train.steps": 3}, echo=lambda line: None)
+    rows = read_csv(tmp_path / "out" / "results.csv")
+    assert [(row["train.steps"], row["eval/bits_per_token"]) for row in rows] == [("3", "0.3")] * 2
+    assert read_json(tmp_path / "out" / "steps=70" / "result.json")["overrides"] == {"train.steps": 3}
 
 
 def test_unknown_override_key_fails_before_anything_is_written(tmp_path):

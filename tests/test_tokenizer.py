@@ -8,7 +8,6 @@ import pytest
 
 from lm.data import corpus as corpus_lib
 from lm.data import tokenizer
-from lm.data import train_tokenizer
 from lm.data import vocab as vocab_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -98,6 +97,8 @@ def test_compression_report_matches_tokens_per_byte(small_corpus):
     assert rows[1][2] == len(vocab.encode(validation)) / len(validation.encode("utf-8"))
 
 
-def test_train_tokenizer_alias_reproduces_the_shipped_model(tmp_path):
-    path = train_tokenizer.train_tokenizer("shakespeare", 1024, "bpe", str(tmp_path / "sp"))
+def test_training_reproduces_the_shipped_model(tmp_path):
+    text = tokenizer.split_input("shakespeare", "train")
+    options = tokenizer.TokenizerOptions(vocab_size=1024, model_type="bpe")
+    path = tokenizer.train(text, options, str(tmp_path / "sp"))
     assert path.read_bytes() == vocab_lib.DEFAULT_SENTENCEPIECE_MODEL.read_bytes()

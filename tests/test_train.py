@@ -160,10 +160,11 @@ def test_config_errors_name_the_field_and_fix():
     with pytest.raises(ConfigError, match="batch_size=12.*batch axes of the mesh.*8 ways.*multiple of 8"):
         loop.Trainer(config, "", jax.devices())
 
+    # Heads that do not divide tensor are replicated there (the one rule for every axis, with a
+    # warning; tests/test_config_sections.py), not refused.
     config = small_config(num_heads=4, num_kv_heads=0)
     config.mesh.update(dict(data=1, tensor=8))
-    with pytest.raises(ConfigError, match="config.model.num_heads=4 is not divisible by config.mesh.tensor=8"):
-        loop.Trainer(config, "", jax.devices())
+    loop.Trainer(config, "", jax.devices())
 
     config = small_config()
     config.data.seq_len = 15
@@ -215,8 +216,25 @@ def test_pipeline_config_errors_name_the_fields():
 
     config = small_config(num_layers=8, pipeline_microbatches=8)
     config.mesh.update(dict(pipeline=4, data=2))  # 8 rows / 8 microbatches = 1 row, data=2
-    with pytest.raises(ConfigError, match="8 pipeline microbatches has 1 rows, not divisible"):
+    with pytest.raises(ConfigError, match=r"pipeline_microbatches=8 splits the 8 rows .*\(2 ways.*"
+                                          r"pipeline_microbatches in \[4\] or config.data.batch_size "
+                                          r"a multiple of 16"):
         loop.Trainer(config, "", jax.devices())
+
+    # The advice can be followed: batch 12 on fsdp=4, pipeline=2 (2 microbatches of 6 rows).
+    config = small_config(num_layers=4)
+    config.data.batch_size = 12
+    config.mesh.update(dict(data=1, fsdp=4, pipeline=2))
+    with pytest.raises(ConfigError, match=r"pipeline_microbatches in \[3\] or "
+                                          r"config.data.batch_size a multiple of 8 \(e.g. 16\)"):
+        loop.Trainer(config, "", jax.devices())
+    for fix in ({"model.pipeline_microbatches": 3}, {"data.batch_size": 16}):
+        fixed = small_config(num_layers=4)
+        fixed.data.batch_size = 12
+        fixed.mesh.update(dict(data=1, fsdp=4, pipeline=2))
+        section, field = next(iter(fix)).split(".")
+        fixed[section][field] = next(iter(fix.values()))
+        loop.Trainer(fixed, "", jax.devices())
 
 
 def test_mixture_reports_validation_loss_per_source(tmp_path):

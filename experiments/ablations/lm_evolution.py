@@ -71,8 +71,8 @@ def samples_side_by_side(rows: list[dict], workdir: str) -> str:
     for row in rows:
         text = _sample_of(workdir, {**row, "directory": directory_name(row["name"])})
         parts.append(f"## {row['name']}\n\n```\n{text[:400]}\n```\n")
-    with open(os.path.join(workdir, "samples.md"), "w") as f:
-        f.write("\n".join(parts))
+    from lm.fileio import write_atomically
+    write_atomically(os.path.join(workdir, "samples.md"), "\n".join(parts))
     best = {row["name"]: row.get("eval/bits_per_token") for row in rows}
     return ("## Samples\n\nSide by side in [samples.md](samples.md).\n\n"
             f"```\n{json.dumps(best, indent=1)}\n```\n")

@@ -16,6 +16,7 @@ import os
 
 from experiments import shakespeare_char
 from lm.configlib import ConfigError
+from lm.fileio import save_figure
 from lm.sweep import Eval, Plot, Sweep, grid
 
 ENCODINGS = ["none", "learned", "sinusoidal", "rope", "alibi"]
@@ -55,7 +56,7 @@ def extrapolation_plot(rows: list[dict], workdir: str, train_len: int, lengths) 
     ax.set_title("Length extrapolation of position encodings")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "extrapolation.png"), dpi=120)
+    save_figure(fig, os.path.join(workdir, "extrapolation.png"), dpi=120)
     plt.close(fig)
     return ("## Length extrapolation\n\nEach model trained at context "
             f"{train_len}; evaluated on the same validation split at {', '.join(map(str, all_lengths))}."

@@ -18,6 +18,7 @@ import numpy as np
 
 from experiments import shakespeare_char
 from lm.configlib import ConfigError
+from lm.fileio import save_figure
 from lm.sweep import Sweep, Variant
 from lm.sweep.scaling import fit_power_law, optimum_by_parabola
 
@@ -98,7 +99,7 @@ def scaling_analysis(rows: list[dict], workdir: str, tokens_per_step: int) -> st
     right.set(xlabel="parameters N", ylabel="validation loss (nats/char)", title="Equal compute")
     right.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "scaling.png"), dpi=120)
+    save_figure(fig, os.path.join(workdir, "scaling.png"), dpi=120)
     plt.close(fig)
     return "\n".join(lines + ["![scaling](scaling.png)", ""])
 

@@ -19,7 +19,8 @@ import ml_collections
 import numpy as np
 
 from lm.baselines.ngram import MAX_ORDER, NGramLM
-from lm.configlib import ConfigError, from_section
+from lm.configlib import ConfigError, Section, at_least, fraction, option, rule
+from lm.fileio import append_text, write_atomically
 from lm.data import pipeline
 
 RESULT_FILE = "result_ngram.json"
@@ -27,52 +28,28 @@ SAMPLES_FILE = "samples.txt"
 
 
 @dataclasses.dataclass(frozen=True)
-class NGramConfig:
-    order: int = 3  # n: the model conditions on the previous n - 1 tokens (1..6)
-    discount: float = 0.0  # one absolute discount in (0, 1] for every level; 0 = estimate each
-    sample_tokens: int = 200  # tokens sampled after config.train.sample_prompt (0: none)
-    sample_temperature: float = 0.8  # 0 = greedy
-    sample_top_k: int = 0  # 0 = the whole distribution
-    train_tokens: int = 0  # count only the first N train tokens (0 = all), e.g. a neural model's budget
+class NGramConfig(Section):
+    where = "config.ngram"
+    order: int = option(3, "n: the model conditions on the previous n - 1 tokens",
+                        at_least(1), rule(lambda n: n <= MAX_ORDER, f"must be <= {MAX_ORDER}",
+                                          MAX_ORDER + 1))
+    discount: float = option(0.0, "one absolute discount in (0, 1] for every level; 0 = "
+                             "estimate each level's from its counts-of-counts",
+                             fraction(low_open=False, high_open=False))
+    sample_tokens: int = option(200, "tokens sampled after config.train.sample_prompt",
+                                at_least(0, "0: none"))
+    sample_temperature: float = option(0.8, "0 = greedy", at_least(0))
+    sample_top_k: int = option(0, "sample from the k most likely tokens", at_least(0, "0: all"))
+    train_tokens: int = option(0, "count only the first N train tokens, e.g. a neural model's "
+                               "budget", at_least(0, "0: all"))
 
 
 def ngram_section(**overrides) -> ml_collections.ConfigDict:
     """A ``config.ngram`` section with the defaults of :class:`NGramConfig` and ``overrides``."""
-    section = ml_collections.ConfigDict(dataclasses.asdict(NGramConfig()))
-    section.update(overrides)
-    return section
+    return NGramConfig.defaults(**overrides)
 
 
 # ----------------------------------------------------------------------------- validation
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _check_ngram(cfg: NGramConfig) -> None:
-    if not _is_int(cfg.order) or not 1 <= cfg.order <= MAX_ORDER:
-        raise ConfigError(f"config.ngram.order={cfg.order!r} must be an integer in 1..{MAX_ORDER} "
-                          f"(the model conditions on order - 1 previous tokens).")
-    if not _is_number(cfg.discount) or not 0 <= cfg.discount <= 1:
-        raise ConfigError(f"config.ngram.discount={cfg.discount!r} must lie in (0, 1], or be 0 "
-                          f"to estimate each level's discount from its counts-of-counts.")
-    if not _is_int(cfg.sample_tokens) or cfg.sample_tokens < 0:
-        raise ConfigError(f"config.ngram.sample_tokens={cfg.sample_tokens!r} must be an integer "
-                          f">= 0 (0: no sample).")
-    if not _is_number(cfg.sample_temperature) or cfg.sample_temperature < 0:
-        raise ConfigError(f"config.ngram.sample_temperature={cfg.sample_temperature!r} must be a "
-                          f"number >= 0 (0: greedy).")
-    if not _is_int(cfg.train_tokens) or cfg.train_tokens < 0:
-        raise ConfigError(f"config.ngram.train_tokens={cfg.train_tokens!r} must be an integer "
-                          f">= 0 (0: the whole train split).")
-    if not _is_int(cfg.sample_top_k) or cfg.sample_top_k < 0:
-        raise ConfigError(f"config.ngram.sample_top_k={cfg.sample_top_k!r} must be an integer "
-                          f">= 0 (0: no cut).")
-
 
 def _check_data(data: pipeline.DataConfig) -> None:
     if data.packing:
@@ -85,9 +62,7 @@ def _check_data(data: pipeline.DataConfig) -> None:
 
 def ngram_config(config) -> NGramConfig:
     """The checked ``config.ngram`` section (defaults where it is absent)."""
-    cfg = from_section(NGramConfig, config.get("ngram"), "config.ngram")
-    _check_ngram(cfg)
-    return cfg
+    return NGramConfig.from_config(config.get("ngram"))
 
 
 def validate_ngram(config) -> None:
@@ -209,9 +184,6 @@ def run_ngram(config, workdir: str) -> dict:
 
 
 def _write(workdir: str, result: dict, order: int) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, RESULT_FILE), "w") as f:
-        json.dump(result, f, indent=2)
+    write_atomically(os.path.join(workdir, RESULT_FILE), json.dumps(result, indent=2))
     if result["sample"]:
-        with open(os.path.join(workdir, SAMPLES_FILE), "a") as f:
-            f.write(f"=== ngram order {order} ===\n{result['sample']}\n\n")
+        append_text(os.path.join(workdir, SAMPLES_FILE), f"=== ngram order {order} ===\n{result['sample']}\n\n")

@@ -4,22 +4,22 @@ Importing this package never imports TensorFlow; ``lm.data.tasks`` (seqio) is lo
 ``backend='seqio'`` or by importing it directly. The names below load their module on first
 use, so ``python -m lm.data.corpus`` runs without its module being imported twice.
 
-The base layer is ``config`` (``DataConfig`` and its validation), ``windows`` (windows, packing,
-``Batch`` and ``BATCH_KEYS``) and ``mixture_spec`` (mixture strings); above it ``tokens`` (the
-vocabulary and token streams of a config), ``batches`` (one corpus's batches), ``objectives``,
-``mixture``, ``tasks`` (seqio) and the dispatcher ``pipeline``, which re-exports the names
-callers use. The full order is in ``lm.data.pipeline``'s docstring.
+Leaves (``documents``, ``corpus``, ``vocab``, ``config``, ``windows``, ``batches``, ``tokens``,
+...) hold configuration, documents and rows; the backends (``array``, ``cache``, ``mixture``,
+``synthetic``, ``tasks`` for seqio) import only leaves; the dispatcher ``pipeline`` picks a
+config's backend and re-exports the names callers use. The layout is in ``lm.data.pipeline``'s
+docstring.
 """
 import importlib
 
 _MODULE_OF_NAME = {
-    **dict.fromkeys(["CorpusError", "Document", "load_documents", "split_documents",
-                     "split_text"], "lm.data.corpus"),
+    **dict.fromkeys(["CorpusError", "Document"], "lm.data.documents"),
+    **dict.fromkeys(["load_documents", "split_documents", "split_text"], "lm.data.corpus"),
     **dict.fromkeys(["BATCH_KEYS", "Batch", "BatchIterator", "DataConfig", "make_eval_batches",
                      "make_train_iterator", "vocab_size", "vocabulary"], "lm.data.pipeline"),
     **dict.fromkeys(["CharVocabulary", "SentencePieceVocabulary", "SyntheticVocabulary",
-                     "as_seqio_vocabulary", "make_vocabulary", "vocabulary_from_json"],
-                    "lm.data.vocab"),
+                     "make_vocabulary", "vocabulary_from_json"], "lm.data.vocab"),
+    "as_seqio_vocabulary": "lm.data.seqio_vocab",
     **dict.fromkeys(["Prefetcher", "to_global"], "lm.data.loader"),
 }
 __all__ = sorted(_MODULE_OF_NAME)

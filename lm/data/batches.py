@@ -1,30 +1,31 @@
-"""Batches of one corpus: this host's rows of each global batch, for training and evaluation.
+"""Rows into batches: the resumable iterator, host slices, and row functions over token arrays.
 
-Global row ``j`` of the training stream is a window at offset ``hash(seed, j)`` of the train
-split, a packed row picked by the same hash, or hashed random tokens (backend 'synthetic');
-batch ``i`` holds rows ``i*B .. i*B+B-1`` and a host builds only its own slice of them. The
-unpacked 'seqio' backend streams its windows from the seqio task instead (``lm.data.tasks``,
-loaded only then because it imports TensorFlow). Evaluation takes evenly spaced rows of the
-validation split.
+A leaf of ``lm.data`` (it imports ``config`` and ``windows``) that every backend builds on. A
+*row function* maps global row ids to the ``Batch`` of those rows. Global row ``j`` of the
+training stream is a window at offset ``hash(seed, j)`` of the train tokens, or the packed row
+that the same hash picks; batch ``i`` holds rows ``i*B .. i*B+B-1`` and a host builds only its
+own slice of them, so batch ``i`` depends on (seed, i) alone and resuming needs only ``i``.
+Evaluation takes ``eval_batches * B`` evenly spaced rows of the validation split.
 
-Sits on ``tokens`` and the base layer (``config``, ``windows``); ``mixture`` reads each of its
-sources' evaluation batches here and ``pipeline`` dispatches to it when there is no mixture.
+Backends differ in where the arrays come from: ``lm.data.array`` tokenizes in memory and
+``lm.data.cache`` maps a pre-tokenized cache, each passing its ``split_tokens(cfg, split)`` and
+``packed_rows(cfg, split)`` to ``train_rows`` / ``eval_rows``; the seqio backend
+(``lm.data.tasks``) reads its arrays through seqio tasks and uses the row functions below.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import numpy as np
 
 from lm.configlib import ConfigError
-from lm.data import vocab as vocab_lib
 from lm.data import windows as windows_lib
 from lm.data.config import DataConfig
-from lm.data.tokens import packed_rows, split_tokens
 from lm.data.windows import Batch
 
-_EVAL_KEY = 0x5EED_E7A1  # hash key of the synthetic evaluation batches (never a training seed)
+RowFn = Callable[[np.ndarray], Batch]  # global row ids [n] -> the batch of those n rows
+SplitTokens = Callable[[DataConfig, str], np.ndarray]  # (cfg, split) -> token stream
+PackedRows = Callable[[DataConfig, str], tuple[np.ndarray, np.ndarray]]  # -> (targets, positions)
 
 
 class BatchIterator:
@@ -72,83 +73,77 @@ def check_seed(seed: int) -> int:
     return int(seed)
 
 
-# ----------------------------------------------------------------------------- row sources
+# ----------------------------------------------------------------------------- host slices
 
-def _host_rows(cfg: DataConfig, batch_index: int, process_index: int,
-               process_count: int) -> np.ndarray:
+def host_rows(cfg: DataConfig, batch_index: int, process_index: int,
+              process_count: int) -> np.ndarray:
     """Global row ids of this host's slice of global batch ``batch_index``."""
     per_host = cfg.batch_size // process_count
     start = batch_index * cfg.batch_size + process_index * per_host
     return np.arange(start, start + per_host, dtype=np.int64)
 
 
-def _synthetic_rows(cfg: DataConfig, seed: int, rows_n: np.ndarray) -> Batch:
-    length = cfg.seq_len + 1
-    cells_nl = rows_n[:, None] * length + np.arange(length)
-    high = cfg.synthetic_vocab_size - vocab_lib.NUM_RESERVED
-    tokens_nl = vocab_lib.NUM_RESERVED + windows_lib.hashed_ints(seed, cells_nl, high)
-    return windows_lib.windows_to_batch(tokens_nl.astype(np.int32))
+def train_iterator(cfg: DataConfig, row_fn: RowFn, seed: int, process_index: int = 0,
+                   process_count: int = 1) -> BatchIterator:
+    """Infinite training batches: this host's rows of each global batch, by ``row_fn``."""
+    return BatchIterator(lambda i: row_fn(host_rows(cfg, i, process_index, process_count)),
+                         seed)
 
 
-def _train_row_fn(cfg: DataConfig, seed: int) -> Callable[[np.ndarray], Batch]:
-    """Global train row ids -> batch (all backends but unpacked 'seqio', which streams)."""
-    if cfg.backend == "synthetic":
-        return functools.partial(_synthetic_rows, cfg, seed)
-    if cfg.packing:
-        targets_rt, positions_rt = packed_rows(cfg, "train")
+def eval_row_count(cfg: DataConfig) -> int:
+    """Rows of all the evaluation batches together."""
+    return cfg.eval_batches * cfg.batch_size
 
-        def packed(rows_n):
-            picked_n = windows_lib.hashed_ints(seed, rows_n, len(targets_rt))
-            return windows_lib.packed_batch(targets_rt[picked_n], positions_rt[picked_n])
 
-        return packed
-    tokens = split_tokens(cfg, "train")
+def eval_batches(cfg: DataConfig, row_fn: RowFn, process_index: int = 0,
+                 process_count: int = 1) -> list[Batch]:
+    """This host's rows of each of the ``cfg.eval_batches`` evaluation batches, by ``row_fn``."""
+    check_processes(cfg, process_index, process_count)
+    return [row_fn(host_rows(cfg, i, process_index, process_count))
+            for i in range(cfg.eval_batches)]
+
+
+# ----------------------------------------------------------------------------- row functions
+
+def window_train_rows(tokens: np.ndarray, seq_len: int, seed: int) -> RowFn:
+    """nanoGPT windows at hashed offsets of the train stream ``tokens``."""
     return lambda rows_n: windows_lib.windows_to_batch(
-        windows_lib.train_windows(tokens, cfg.seq_len, seed, rows_n))
+        windows_lib.train_windows(tokens, seq_len, seed, rows_n))
 
 
-def _eval_global_batch(cfg: DataConfig, num_rows: int) -> Callable[[np.ndarray], Batch]:
-    """Row ids among ``num_rows`` evaluation rows -> batch."""
-    if cfg.backend == "synthetic":
-        return functools.partial(_synthetic_rows, cfg, _EVAL_KEY)
-    if cfg.packing:
-        targets_rt, positions_rt = packed_rows(cfg, "validation")
-        picked_n = windows_lib.evenly_spaced(len(targets_rt), num_rows)
-        return lambda rows_n: windows_lib.packed_batch(targets_rt[picked_n[rows_n]],
-                                                       positions_rt[picked_n[rows_n]])
-    windows_kt = _validation_windows_for(cfg)
+def packed_train_rows(targets_rt: np.ndarray, positions_rt: np.ndarray, seed: int) -> RowFn:
+    """The packed rows that ``hash(seed, row)`` picks."""
+    def rows(rows_n: np.ndarray) -> Batch:
+        picked_n = windows_lib.hashed_ints(seed, rows_n, len(targets_rt))
+        return windows_lib.packed_batch(targets_rt[picked_n], positions_rt[picked_n])
+    return rows
+
+
+def window_eval_rows(windows_kt: np.ndarray, num_rows: int) -> RowFn:
+    """Evaluation row ids among ``num_rows`` -> evenly spaced validation windows."""
     picked_n = windows_lib.evenly_spaced(len(windows_kt), num_rows)
     return lambda rows_n: windows_lib.windows_to_batch(windows_kt[picked_n[rows_n]])
 
 
-def _validation_windows_for(cfg: DataConfig) -> np.ndarray:
-    if cfg.backend == "seqio":
-        from lm.data import tasks  # TensorFlow only on request
-
-        return tasks.validation_windows(cfg)
-    return windows_lib.validation_windows(split_tokens(cfg, "validation"), cfg.seq_len)
-
-
-# ----------------------------------------------------------------------------- one corpus
-
-def corpus_train_iterator(cfg: DataConfig, seed: int, process_index: int = 0,
-                          process_count: int = 1) -> BatchIterator:
-    """Infinite training batches of ``cfg.corpus`` alone: this host's rows of each."""
-    seed = check_seed(seed)
-    check_processes(cfg, process_index, process_count)
-    if cfg.backend == "seqio" and not cfg.packing:
-        from lm.data import tasks  # TensorFlow only on request
-
-        return BatchIterator(tasks.train_batch_fn(cfg, seed, process_index, process_count), seed)
-    row_fn = _train_row_fn(cfg, seed)
-    return BatchIterator(
-        lambda i: row_fn(_host_rows(cfg, i, process_index, process_count)), seed)
+def packed_eval_rows(targets_rt: np.ndarray, positions_rt: np.ndarray, num_rows: int) -> RowFn:
+    """Evaluation row ids among ``num_rows`` -> evenly spaced packed validation rows."""
+    picked_n = windows_lib.evenly_spaced(len(targets_rt), num_rows)
+    return lambda rows_n: windows_lib.packed_batch(targets_rt[picked_n[rows_n]],
+                                                   positions_rt[picked_n[rows_n]])
 
 
-def corpus_eval_batches(cfg: DataConfig, process_index: int = 0,
-                        process_count: int = 1) -> list[Batch]:
-    """The validation batches of ``cfg.corpus`` alone (a mixture's source included)."""
-    check_processes(cfg, process_index, process_count)
-    batch_fn = _eval_global_batch(cfg, cfg.eval_batches * cfg.batch_size)
-    return [batch_fn(_host_rows(cfg, i, process_index, process_count))
-            for i in range(cfg.eval_batches)]
+def train_rows(cfg: DataConfig, seed: int, split_tokens: SplitTokens,
+               packed_rows: PackedRows) -> RowFn:
+    """Training rows of a corpus split held as arrays: packed rows or token windows."""
+    if cfg.packing:
+        return packed_train_rows(*packed_rows(cfg, "train"), seed)
+    return window_train_rows(split_tokens(cfg, "train"), cfg.seq_len, seed)
+
+
+def eval_rows(cfg: DataConfig, split_tokens: SplitTokens, packed_rows: PackedRows) -> RowFn:
+    """Evaluation rows of a corpus split held as arrays: packed rows or disjoint windows."""
+    if cfg.packing:
+        return packed_eval_rows(*packed_rows(cfg, "validation"), eval_row_count(cfg))
+    tokens = split_tokens(cfg, "validation")
+    return window_eval_rows(windows_lib.validation_windows(tokens, cfg.seq_len),
+                            eval_row_count(cfg))

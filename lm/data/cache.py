@@ -9,11 +9,13 @@ operating system pages the arrays in on demand, and the batches equal the in-mem
 The directory appears atomically: it is written under a temporary name and renamed when
 complete, so an interrupted build never leaves a cache that looks finished.
 
-This module builds caches on top of the pipeline; the reader, ``TokenCache``, lives in
-``lm.data.tokens`` (which reads ``config.data.cache_dir``) and is re-exported here.
+Also the backend of ``backend='array'`` with ``config.data.cache_dir`` set: the same rows as
+``lm.data.array`` (``lm.data.batches``), from the memory-mapped arrays. Imports only leaves:
+``tokens`` and ``objectives`` for what it writes, ``batches`` and ``windows`` for what it reads.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -22,12 +24,93 @@ import tempfile
 
 import numpy as np
 
-from lm.data import pipeline
+from lm import fileio
+from lm.configlib import ConfigError
+from lm.data import batches
+from lm.data import objectives
+from lm.data import tokens as tokens_lib
+from lm.data import windows as windows_lib
 from lm.data.config import DataConfig
-from lm.data.tokens import TokenCache, packed_rows, split_tokens
+from lm.data.windows import Batch
 
 SPLITS = ("train", "validation")
 FORMAT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- reading
+
+class TokenCache:
+    """One split of a cache, memory-mapped."""
+
+    def __init__(self, directory: str, split: str = "train"):
+        path = os.path.join(directory, split)
+        meta_path = os.path.join(path, "meta.json")
+        if not os.path.exists(meta_path):
+            raise FileNotFoundError(f"no token cache at {path}: build it with "
+                                    f"`python -m lm.data.cache --output={directory} ...`")
+        with open(meta_path) as f:
+            self.meta = json.load(f)
+        load = lambda name: np.load(os.path.join(path, name), mmap_mode="r")  # noqa: E731
+        self.tokens = load("tokens.npy")
+        self.packed_targets = load("packed_targets.npy")
+        self.packed_positions = load("packed_positions.npy")
+
+    def window_batch(self, seed: int, rows_n: np.ndarray, seq_len: int) -> Batch:
+        """nanoGPT windows for global rows ``rows_n`` (equal to the array backend's)."""
+        windows = windows_lib.train_windows(self.tokens, seq_len, seed, rows_n)
+        return windows_lib.windows_to_batch(windows.astype(np.int32))
+
+    def packed_batch(self, rows_n: np.ndarray) -> Batch:
+        """Packed rows ``rows_n`` (modulo the number of rows) with segment ids and positions."""
+        index = rows_n % len(self.packed_targets)
+        return windows_lib.packed_batch(np.asarray(self.packed_targets[index], np.int32),
+                                        np.asarray(self.packed_positions[index], np.int32))
+
+
+def open_cache(cfg: DataConfig, split: str, packed: bool = False) -> TokenCache:
+    """The cache of ``cfg.cache_dir`` after checking it was built for this data config."""
+    try:
+        cached = TokenCache(cfg.cache_dir, split)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config.data.cache_dir: {e}") from None
+    expected = {"corpus": cfg.corpus, "vocab": cfg.vocab, "vocab_model": cfg.vocab_model,
+                "train_fraction": cfg.train_fraction}
+    if packed:
+        expected["seq_len"] = cfg.seq_len
+    wrong = {k: (cached.meta.get(k), v) for k, v in expected.items() if cached.meta.get(k) != v}
+    if wrong:
+        raise ConfigError(f"config.data.cache_dir={cfg.cache_dir!r} was built for another data "
+                          "config (" + "; ".join(f"{k}: cache {c!r}, config {v!r}"
+                                                 for k, (c, v) in wrong.items())
+                          + "); rebuild it with python -m lm.data.cache or clear cache_dir.")
+    return cached
+
+
+def split_tokens(cfg: DataConfig, split: str) -> np.ndarray:
+    """The split's token stream, memory-mapped from ``cfg.cache_dir``."""
+    return open_cache(cfg, split).tokens
+
+
+def packed_rows(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, positions) of the split's packed rows, memory-mapped from ``cfg.cache_dir``."""
+    cached = open_cache(cfg, split, packed=True)
+    return cached.packed_targets, cached.packed_positions
+
+
+def train_iterator(cfg: DataConfig, seed: int, process_index: int = 0,
+                   process_count: int = 1) -> batches.BatchIterator:
+    """The array backend's training batches, read from the cache."""
+    row_fn = batches.train_rows(cfg, seed, split_tokens, packed_rows)
+    return batches.train_iterator(cfg, row_fn, seed, process_index, process_count)
+
+
+def eval_batches(cfg: DataConfig, process_index: int = 0, process_count: int = 1) -> list[Batch]:
+    """The array backend's validation batches, read from the cache."""
+    row_fn = batches.eval_rows(cfg, split_tokens, packed_rows)
+    return batches.eval_batches(cfg, row_fn, process_index, process_count)
+
+
+# ----------------------------------------------------------------------------- building
 
 
 def _smallest_dtype(vocab_size: int):
@@ -40,8 +123,9 @@ def build_cache(cfg: DataConfig, output: str) -> str:
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".cache-", dir=parent)
+    os.chmod(staging, fileio.new_folder_mode())  # mkdtemp makes it owner-only; others read caches too
     try:
-        dtype = _smallest_dtype(pipeline.vocab_size(cfg))
+        dtype = _smallest_dtype(objectives.vocab_size(cfg))
         for split in SPLITS:
             _write_split(cfg, split, os.path.join(staging, split), dtype)
         _replace_directory(staging, output)
@@ -53,19 +137,19 @@ def build_cache(cfg: DataConfig, output: str) -> str:
 
 def _write_split(cfg, split: str, directory: str, dtype) -> None:
     os.makedirs(directory)
-    tokens = split_tokens(cfg, split)
-    targets, positions = packed_rows(dataclasses.replace(cfg, packing=True), split)
+    tokens = tokens_lib.split_tokens(cfg, split)
+    targets, positions = tokens_lib.packed_rows(dataclasses.replace(cfg, packing=True), split)
+    # np.save writes in place: these files live in the staging folder, renamed only when whole.
     np.save(os.path.join(directory, "tokens.npy"), tokens.astype(dtype))
     np.save(os.path.join(directory, "packed_targets.npy"), targets.astype(dtype))
     np.save(os.path.join(directory, "packed_positions.npy"), positions.astype(np.uint16
                                                                             if cfg.seq_len < 65536
                                                                             else np.int32))
     meta = {"format": FORMAT_VERSION, "split": split, "corpus": cfg.corpus, "vocab": cfg.vocab,
-            "vocab_model": cfg.vocab_model, "vocab_size": pipeline.vocab_size(cfg),
+            "vocab_model": cfg.vocab_model, "vocab_size": objectives.vocab_size(cfg),
             "train_fraction": cfg.train_fraction, "seq_len": cfg.seq_len, "tokens": len(tokens),
             "packed_rows": len(targets)}
-    with open(os.path.join(directory, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=2)
+    fileio.write_atomically(os.path.join(directory, "meta.json"), json.dumps(meta, indent=2))
 
 
 def _replace_directory(staging: str, output: str) -> None:
@@ -81,7 +165,6 @@ def _replace_directory(staging: str, output: str) -> None:
 
 
 def main(argv=None) -> None:
-    import argparse
     parser = argparse.ArgumentParser(description="Build a pre-tokenized cache of a corpus.")
     parser.add_argument("--corpus", default="shakespeare")
     parser.add_argument("--vocab", default="char", choices=("char", "sentencepiece"))

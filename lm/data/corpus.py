@@ -1,6 +1,8 @@
 """Text corpora: the embedded Project Gutenberg texts, or the user's own .txt / .jsonl files.
 
 Local TFDS and Hugging Face datasets are corpora too ('tfds:...', 'hf:...'; ``lm.data.sources``).
+A leaf of ``lm.data``: it imports ``documents`` and ``sources`` only, and ``Document`` and
+``CorpusError`` (defined in ``lm.data.documents``) are re-exported here.
 
 A corpus is a sorted list of documents. The embedded ones live in ``lm/data/corpora/`` as
 xz-compressed JSON lines (one ``{"name", "text"}`` object per document, sorted by file name,
@@ -21,15 +23,13 @@ import json
 import lzma
 import pathlib
 
+from lm import fileio
+from lm.data import sources
+# Re-exported: callers read both names as lm.data.corpus.<name>.
+from lm.data.documents import CorpusError, Document  # noqa: F401
+
 CORPORA_DIR = pathlib.Path(__file__).resolve().parent / "corpora"
 SPLITS = ("train", "validation")
-DATASET_PREFIXES = ("tfds:", "hf:")  # corpora read by lm.data.sources
-
-
-@dataclasses.dataclass(frozen=True)
-class Document:
-    name: str  # file name, e.g. 'hamlet_gut.txt'
-    text: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,10 +45,6 @@ EMBEDDED = {
     "milton": _EmbeddedSource("milton", "*_gut.txt"),
     "britannica": _EmbeddedSource(".", "britannica-11th.txt"),
 }
-
-
-class CorpusError(ValueError):
-    """A corpus cannot be read; the message names the file and the fix."""
 
 
 def load_documents(corpus: str) -> list[Document]:
@@ -107,9 +103,7 @@ def _corpus_text_cached(corpus: str) -> str:
 def _load_documents_cached(corpus: str) -> tuple[Document, ...]:
     if corpus in EMBEDDED:
         documents = _read_embedded(corpus)
-    elif corpus.startswith(DATASET_PREFIXES):
-        from lm.data import sources  # imports this module
-
+    elif sources.is_source(corpus):
         documents = tuple(sources.load_source(corpus))
     else:
         documents = tuple(d for p in _text_files(pathlib.Path(corpus)) for d in _read_file(p))
@@ -204,9 +198,8 @@ def rebuild_embedded(gutenberg_dir: str) -> dict[str, int]:
         documents = [_read_text_file(p) for p in _source_files(pathlib.Path(gutenberg_dir), source)]
         lines = "".join(json.dumps(dataclasses.asdict(d), ensure_ascii=False) + "\n"
                         for d in documents)
-        CORPORA_DIR.mkdir(parents=True, exist_ok=True)
-        _embedded_path(corpus).write_bytes(
-            lzma.compress(lines.encode("utf-8"), preset=9 | lzma.PRESET_EXTREME))
+        compressed = lzma.compress(lines.encode("utf-8"), preset=9 | lzma.PRESET_EXTREME)
+        fileio.write_atomically(_embedded_path(corpus), compressed)  # creates CORPORA_DIR
         counts[corpus] = len(documents)
     _load_documents_cached.cache_clear()
     _corpus_text_cached.cache_clear()

@@ -25,11 +25,12 @@ to source i is example ``permutation(seed, i, k // N_i)[k % N_i]``; the iterator
 batch index and how many examples each source has given (a small JSON dict). Every host draws
 the sources of the whole global batch (B hashes) and builds only its own rows.
 
-Without TensorFlow; ``lm.data.tasks.register_mixture`` registers the same rates with seqio.
-Mixture strings are parsed by ``lm.data.mixture_spec`` (base layer, so that ``DataConfig`` can
-check them); its names (``MixtureSpec``, ``MIXTURES``, ``parse_mixture``, ...) are re-exported
-here. This module reads its sources through ``tokens`` and ``batches`` and never imports
-``pipeline``, which imports it.
+The backend of ``backend='array'`` with a mixture; without TensorFlow
+(``lm.data.tasks.register_mixture`` registers the same rates with seqio). It imports only leaves:
+mixture strings and rates come from ``lm.data.mixture_spec`` (so that ``DataConfig`` and the
+seqio backend read them without this module), whose names (``MixtureSpec``, ``MIXTURES``,
+``parse_mixture``, ``mixture_rates``, ...) are re-exported here; each source's arrays come from
+``tokens`` and its rows from ``batches``.
 """
 from __future__ import annotations
 
@@ -40,13 +41,13 @@ import functools
 import numpy as np
 
 from lm.configlib import ConfigError
-from lm.data import corpus as corpus_lib
+from lm.data import batches
 from lm.data import windows as windows_lib
-from lm.data.batches import corpus_eval_batches
 from lm.data.config import DataConfig
 # Re-exported: the mixture format is documented above.
 from lm.data.mixture_spec import (DEFAULT_DOMAINS, DOMAINS, MIXTURES, MixtureSpec,  # noqa: F401
-                                  default_domain, parse_mixture)
+                                  default_domain, mixture_rates, parse_mixture, source_sizes,
+                                  temperature_rates)
 from lm.data.tokens import packed_rows, split_tokens
 from lm.data.windows import Batch
 
@@ -54,29 +55,7 @@ _SOURCE_CHOICE_KEY = 0x3D1C_E5A7  # folded into the seed for the per-row source 
 _UNIFORM_BITS = 53  # a float64 holds 53-bit integers exactly
 
 
-# ----------------------------------------------------------------------------- rates
-
-def temperature_rates(sizes: np.ndarray, temperature: float) -> np.ndarray:
-    """rate_i = size_i^(1/T) / sum_k size_k^(1/T)."""
-    log_weights = np.log(np.asarray(sizes, np.float64)) / temperature
-    weights = np.exp(log_weights - log_weights.max())  # shift: large sizes never overflow
-    return weights / weights.sum()
-
-
-def source_sizes(spec: MixtureSpec, train_fraction: float) -> np.ndarray:
-    """Train-split characters of each source (vocabulary-independent, no tokenizing)."""
-    return np.array([len(corpus_lib.split_text(s, "train", train_fraction))
-                     for s in spec.sources], np.float64)
-
-
-def mixture_rates(cfg: DataConfig) -> np.ndarray:
-    """The sampling rate of each source of ``cfg.mixture`` (sums to 1)."""
-    spec = parse_mixture(cfg.mixture)
-    if spec.rates is not None:
-        rates = np.asarray(spec.rates, np.float64)
-        return rates / rates.sum()
-    return temperature_rates(source_sizes(spec, cfg.train_fraction), cfg.mixture_temperature)
-
+# ----------------------------------------------------------------------------- domains
 
 def source_domains(cfg: DataConfig) -> dict[str, str]:
     """The domain of each source of ``cfg.mixture``, by source name."""
@@ -222,11 +201,32 @@ class MixtureIterator:
         self.consumed = [int(state["consumed"][name]) for name in self.names]
 
 
+# ----------------------------------------------------------------------------- backend
+
+def train_iterator(cfg: DataConfig, seed: int, process_index: int = 0,
+                   process_count: int = 1) -> MixtureIterator:
+    """Infinite training batches of the mixture: this host's rows of each."""
+    return MixtureIterator(cfg, seed, process_index, process_count)
+
+
+def eval_batches(cfg: DataConfig, process_index: int = 0, process_count: int = 1) -> list[Batch]:
+    """``cfg.eval_batches`` of each source in turn, so that every source weighs the same."""
+    per_source = source_eval_batches(cfg, process_index, process_count)
+    return [batch for source_batches in per_source.values() for batch in source_batches]
+
+
 def source_eval_batches(cfg: DataConfig, process_index: int = 0,
                         process_count: int = 1) -> dict[str, list[Batch]]:
     """Each source's ``cfg.eval_batches`` validation batches, by source name."""
-    return {name: corpus_eval_batches(source_config(cfg, name), process_index, process_count)
+    return {name: _source_eval_batches(source_config(cfg, name), process_index, process_count)
             for name in parse_mixture(cfg.mixture).sources}
+
+
+def _source_eval_batches(cfg: DataConfig, process_index: int,
+                         process_count: int) -> list[Batch]:
+    """One source's validation batches: evenly spaced windows or packed rows of its split."""
+    row_fn = batches.eval_rows(cfg, split_tokens, packed_rows)
+    return batches.eval_batches(cfg, row_fn, process_index, process_count)
 
 
 def domain_eval_batches(cfg: DataConfig, process_index: int = 0,
@@ -239,8 +239,8 @@ def domain_eval_batches(cfg: DataConfig, process_index: int = 0,
     """
     domains = source_domains(cfg)
     grouped: dict[str, list[Batch]] = {}
-    for name, batches in source_eval_batches(cfg, process_index, process_count).items():
-        grouped.setdefault(domains[name], []).extend(batches)
+    for name, source_batches in source_eval_batches(cfg, process_index, process_count).items():
+        grouped.setdefault(domains[name], []).extend(source_batches)
     return grouped
 
 

@@ -1,16 +1,19 @@
 """Mixture strings: ``config.data.mixture`` parsed into sources, rates and domains.
 
-Part of the base layer of ``lm.data`` (with ``config`` and ``windows``): it imports no other
-module of the package, so ``lm.data.config`` validates a mixture with it and ``lm.data.tokens``
-reads a mixture's corpora without importing the mixture sampler (``lm.data.mixture``, which
-re-exports every name here and documents the mixture format).
+A leaf of ``lm.data`` that imports only ``corpus`` (for the sizes that set temperature rates),
+so ``lm.data.config`` validates a mixture with it, ``lm.data.tokens`` reads a mixture's corpora
+and the seqio backend registers a mixture's rates without importing the mixture sampler
+(``lm.data.mixture``, which re-exports every name here and documents the mixture format).
 """
 from __future__ import annotations
 
 import dataclasses
 import re
 
+import numpy as np
+
 from lm.configlib import ConfigError
+from lm.data import corpus as corpus_lib
 
 DOMAINS = ("general", "specialized")
 # The embedded corpora are plays, poems and an encyclopaedia: books and reference prose.
@@ -96,3 +99,28 @@ def _split_rate(entry: str) -> tuple[str, float | None]:
     if not value > 0:
         raise ConfigError(f"config.data.mixture entry {entry!r}: the rate must be positive.")
     return corpus, value
+
+
+# ----------------------------------------------------------------------------- rates
+
+def temperature_rates(sizes: np.ndarray, temperature: float) -> np.ndarray:
+    """rate_i = size_i^(1/T) / sum_k size_k^(1/T)."""
+    log_weights = np.log(np.asarray(sizes, np.float64)) / temperature
+    weights = np.exp(log_weights - log_weights.max())  # shift: large sizes never overflow
+    return weights / weights.sum()
+
+
+def source_sizes(spec: MixtureSpec, train_fraction: float) -> np.ndarray:
+    """Train-split characters of each source (vocabulary-independent, no tokenizing)."""
+    return np.array([len(corpus_lib.split_text(s, "train", train_fraction))
+                     for s in spec.sources], np.float64)
+
+
+def mixture_rates(cfg) -> np.ndarray:
+    """The sampling rate of each source of ``cfg.mixture`` (sums to 1); ``cfg`` is a
+    ``DataConfig``, read by field so that ``lm.data.config`` can import this module."""
+    spec = parse_mixture(cfg.mixture)
+    if spec.rates is not None:
+        rates = np.asarray(spec.rates, np.float64)
+        return rates / rates.sum()
+    return temperature_rates(source_sizes(spec, cfg.train_fraction), cfg.mixture_temperature)

@@ -21,9 +21,10 @@ behind PAD = 0, T5's start token). Sentinels and MASK are ids appended after the
 The random choices of a row depend only on (seed, the row's tokens), so converted batches are as
 deterministic and resumable as the windows they come from.
 
-Built on ``config``, ``tokens`` and ``windows``. ``OBJECTIVES``, ``FITS`` and ``validate``
-(``config.validate_objective``) live in ``lm.data.config``, so that a ``DataConfig`` checks its
-objective without importing this module, and are re-exported here.
+A leaf of ``lm.data`` built on ``config``, ``tokens``, ``vocab`` and ``windows``; the trainer
+converts the batches of whichever backend ``lm.data.pipeline`` picked. ``OBJECTIVES``, ``FITS``
+and ``validate`` (``config.validate_objective``) live in ``lm.data.config``, so that a
+``DataConfig`` checks its objective without importing this module, and are re-exported here.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from lm.data import vocab as vocab_lib
 # Re-exported: the objective names and which architectures they fit are checked with the config.
-from lm.data.config import FITS, OBJECTIVES  # noqa: F401
+from lm.data.config import FITS, OBJECTIVES, DataConfig  # noqa: F401
 from lm.data.config import validate_objective as validate  # noqa: F401
 from lm.data.tokens import vocabulary
 from lm.data.windows import Batch
@@ -92,6 +93,13 @@ def objective_config(cfg, base_vocab_size: int, objective: str = "") -> Objectiv
                            mean_noise_span_length=cfg.mean_noise_span_length,
                            mlm_probability=cfg.mlm_probability, seq_len=cfg.seq_len,
                            base_vocab_size=base_vocab_size)
+
+
+def vocab_size(cfg: DataConfig) -> int:
+    """The vocabulary size plus the objectives' sentinel / MASK ids (the model may pad it)."""
+    extra = max(objective_config(cfg, 0, name).extra_ids
+                for name in (cfg.objective, cfg.eval_objective or cfg.objective))
+    return vocabulary(cfg).vocab_size + extra
 
 
 def row_rng(seed: int, row: np.ndarray) -> np.random.Generator:

@@ -25,48 +25,56 @@ format): each document plus EOS is cut into chunks of at most seq_len tokens, ch
 greedily into rows, and inputs restart from 0 at every segment. Training samples packed rows by
 ``hash(seed, j)``; evaluation takes evenly spaced rows of the packed validation split.
 
-Layers of ``lm.data``, lowest first; a module imports only modules on its own line or above:
-  corpus, sources, vocab, tokenizer  corpora, local datasets, vocabularies, tokenizer training.
-  config, windows, mixture_spec      the base layer of the pipeline: ``DataConfig`` and its
-                                     validation; windows, packing, ``Batch`` and ``BATCH_KEYS``;
-                                     mixture strings.
-  tokens                             a config's vocabulary and splits as tokens (or its cache).
-  batches, objectives, features      one corpus's batches; feature conversion.
-  mixture                            training rows from several corpora at set rates.
-  tasks                              the seqio backend (imports TensorFlow).
-  pipeline                           this dispatcher; it re-exports the names of the layers
-                                     below that callers read as ``pipeline.<name>``.
-  cache                              the token cache builder (``python -m lm.data.cache``).
-The exceptions are imports inside a function: ``tokens``, ``batches`` and ``vocab`` import
-``tasks`` only to serve backend 'seqio', so that no other backend loads TensorFlow, and
-``corpus`` imports ``sources`` only to read a 'tfds:' or 'hf:' corpus.
+Layout of ``lm.data``: leaves, backends that import only leaves, and this dispatcher.
+  leaves    documents (``Document``, ``CorpusError``), sources and corpus (text), vocab,
+            mixture_spec (mixture strings and rates), config (``DataConfig``), windows
+            (windows, packing, hashing, ``Batch``), batches (rows into host batches, the
+            resumable iterator), tokens (a config's vocabulary and token arrays), objectives
+            (feature conversion), features, loader, seqio_vocab, tokenizer.
+  backends  array (in memory), cache (memory-mapped, ``python -m lm.data.cache``), mixture
+            (several corpora at set rates), synthetic (random tokens), tasks (seqio; imports
+            TensorFlow). Each has ``train_iterator`` and ``eval_batches``.
+  pipeline  this module: picks the backend of a config and sizes the vocabulary for its
+            objectives; it re-exports the names callers read as ``pipeline.<name>``.
+Leaves import only leaves, backends only leaves, and no module of ``lm.data`` imports this one:
+no import cycle, counting imports inside functions (tests/test_import_graph.py). This module
+imports ``tasks`` only for backend 'seqio', so that no other backend loads TensorFlow.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from lm.configlib import ConfigError
+from lm.data import array, cache, synthetic
 from lm.data import mixture as mixture_lib
-from lm.data import objectives
-from lm.data.batches import BatchIterator, corpus_eval_batches, corpus_train_iterator
-from lm.data.batches import check_processes, check_seed
+from lm.data import tokens as tokens_lib
+from lm.data.batches import BatchIterator, check_processes, check_seed
 from lm.data.config import BACKENDS, DataConfig
-from lm.data.tokens import document_tokens, packed_rows, split_tokens, vocab_corpora, vocabulary
+from lm.data.objectives import vocab_size
+from lm.data.tokens import document_tokens, vocab_corpora, vocabulary
 from lm.data.windows import (BATCH_KEYS, Batch, chunk, evenly_spaced, hashed_ints, pack_examples,
                              packed_batch, train_windows, validation_windows, windows_to_batch)
 
 __all__ = [
     "BACKENDS", "BATCH_KEYS", "Batch", "BatchIterator", "ConfigError", "DataConfig", "chunk",
-    "corpus_eval_batches", "document_tokens", "evenly_spaced", "hashed_ints",
-    "make_eval_batches", "make_train_iterator", "pack_examples", "packed_batch", "packed_rows",
-    "split_tokens", "train_windows", "validation_windows", "vocab_corpora", "vocab_size",
-    "vocabulary", "windows_to_batch",
+    "document_tokens", "evenly_spaced", "hashed_ints", "make_eval_batches",
+    "make_train_iterator", "pack_examples", "packed_batch", "packed_rows", "split_tokens",
+    "train_windows", "validation_windows", "vocab_corpora", "vocab_size", "vocabulary",
+    "windows_to_batch",
 ]
 
 
-def vocab_size(cfg: DataConfig) -> int:
-    """The vocabulary size plus the objective's sentinel / MASK ids (the model may pad it)."""
-    extra = max(objectives.objective_config(cfg, 0, name).extra_ids
-                for name in (cfg.objective, cfg.eval_objective or cfg.objective))
-    return vocabulary(cfg).vocab_size + extra
+def backend_of(cfg: DataConfig):
+    """The module that builds ``cfg``'s batches (``train_iterator``, ``eval_batches``)."""
+    if cfg.backend == "synthetic":
+        return synthetic
+    if cfg.backend == "seqio":
+        from lm.data import tasks  # imports TensorFlow: loaded for backend 'seqio' alone
+
+        return tasks
+    if cfg.mixture:
+        return mixture_lib
+    return cache if cfg.cache_dir else array
 
 
 def make_train_iterator(cfg: DataConfig, seed: int, process_index: int = 0,
@@ -77,9 +85,7 @@ def make_train_iterator(cfg: DataConfig, seed: int, process_index: int = 0,
     """
     seed = check_seed(seed)
     check_processes(cfg, process_index, process_count)
-    if cfg.mixture:
-        return mixture_lib.MixtureIterator(cfg, seed, process_index, process_count)
-    return corpus_train_iterator(cfg, seed, process_index, process_count)
+    return backend_of(cfg).train_iterator(cfg, seed, process_index, process_count)
 
 
 def make_eval_batches(cfg: DataConfig, process_index: int = 0,
@@ -89,7 +95,18 @@ def make_eval_batches(cfg: DataConfig, process_index: int = 0,
     With a mixture: ``cfg.eval_batches`` of each source in turn, so every source weighs the
     same; ``mixture.source_eval_batches`` gives them by source.
     """
-    if cfg.mixture:
-        per_source = mixture_lib.source_eval_batches(cfg, process_index, process_count)
-        return [batch for batches in per_source.values() for batch in batches]
-    return corpus_eval_batches(cfg, process_index, process_count)
+    return backend_of(cfg).eval_batches(cfg, process_index, process_count)
+
+
+def split_tokens(cfg: DataConfig, split: str) -> np.ndarray:
+    """The whole split as one read-only token array: memory-mapped from ``cfg.cache_dir``, or
+    encoded once per process."""
+    return (cache if cfg.cache_dir else tokens_lib).split_tokens(cfg, split)
+
+
+def packed_rows(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, positions) of every packed row of the split: packed by seqio for backend
+    'seqio', else memory-mapped from ``cfg.cache_dir`` or packed in NumPy once per process."""
+    if cfg.backend == "seqio":
+        return backend_of(cfg).packed_rows(cfg, split)  # lm.data.tasks
+    return (cache if cfg.cache_dir else tokens_lib).packed_rows(cfg, split)

@@ -32,9 +32,9 @@ import pathlib
 
 import numpy as np
 
-from lm.data.corpus import DATASET_PREFIXES as PREFIXES
-from lm.data.corpus import CorpusError, Document
+from lm.data.documents import CorpusError, Document
 
+PREFIXES = ("tfds:", "hf:")  # a corpus string starting with one of these names a dataset
 _OPTIONS = {"tfds": ("data_dir", "split", "field"), "hf": ("split", "field")}
 _DEFAULT_SPLIT = "train"
 _HF_FILE_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json",
@@ -107,6 +107,7 @@ def _as_text(corpus: str, label: str, index: int, value) -> str:
 # ----------------------------------------------------------------------------- TFDS
 
 def _import_tfds(corpus: str):
+    # Optional and heavy: only 'tfds:' corpora load TensorFlow, and it may not be installed.
     try:
         import tensorflow  # noqa: F401  (TFDS reads its files through tf.data)
         import tensorflow_datasets as tfds
@@ -165,6 +166,7 @@ def _is_tfds_text(feature) -> bool:
 # ----------------------------------------------------------------------------- Hugging Face
 
 def _import_datasets(corpus: str):
+    # Optional: only 'hf:' corpora need the `datasets` package, which may not be installed.
     try:
         import datasets
     except ImportError:

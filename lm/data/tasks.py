@@ -20,9 +20,11 @@ Two kinds of task per (corpus, vocabulary):
 ``{vocab}`` is 'char' or 'sp1024' (the shipped SentencePiece model). Corpora given as paths
 and other models get a short hash in the name; ``register_for_config(cfg)`` handles any config.
 
-Built on ``tokens``, ``windows`` and ``mixture``; ``lm.data.tokens`` and ``lm.data.batches``
-import this module inside the functions that serve backend 'seqio', so that no other backend
-loads TensorFlow.
+The backend of ``backend='seqio'``: ``train_iterator`` and ``eval_batches`` give the batches of
+the 'array' backend, read through these tasks. It imports only leaves (``tokens`` for the
+vocabulary and token streams, ``mixture_spec`` for a mixture's rates, ``batches`` for the rows,
+``seqio_vocab`` for the vocabulary in TensorFlow); ``lm.data.pipeline`` imports it only for
+backend 'seqio', so that no other backend loads TensorFlow.
 """
 from __future__ import annotations
 
@@ -36,67 +38,17 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from lm.data import batches
 from lm.data import corpus as corpus_lib
-from lm.data import mixture as mixture_lib
+from lm.data import mixture_spec
 from lm.data import tokens as tokens_lib
 from lm.data import vocab as vocab_lib
 from lm.data import windows as windows_lib
 from lm.data.config import DataConfig
+from lm.data.seqio_vocab import as_seqio_vocabulary
 from lm.data.windows import Batch
 
 _ROWS_PER_CALL = 1024  # windows computed per NumPy call in the train stream
-
-
-class SeqioCharVocabulary(seqio.Vocabulary):
-    """``CharVocabulary`` for seqio: the same ids in Python and in TensorFlow."""
-
-    def __init__(self, vocab: vocab_lib.CharVocabulary):
-        super().__init__(extra_ids=0)
-        self.char_vocab = vocab
-        self._codepoint_to_id = tf.constant(vocab.codepoint_to_id_table())
-        self._id_to_codepoint = tf.constant(vocab.id_to_codepoint_table())
-
-    @property
-    def bos_id(self):
-        return None
-
-    @property
-    def eos_id(self) -> int:
-        return vocab_lib.EOS_ID
-
-    @property
-    def unk_id(self) -> int:
-        return vocab_lib.UNK_ID
-
-    @property
-    def _base_vocab_size(self) -> int:
-        return self.char_vocab.vocab_size
-
-    def _encode(self, s: str) -> list[int]:
-        return self.char_vocab.encode(s)
-
-    def _decode(self, ids) -> str:
-        return self.char_vocab.decode(ids)
-
-    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
-        codepoints = tf.strings.unicode_decode(s, "UTF-8")
-        last = tf.shape(self._codepoint_to_id)[0] - 1
-        return tf.gather(self._codepoint_to_id, tf.minimum(codepoints, last))
-
-    def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-        ids = tf.convert_to_tensor(ids, tf.int32)
-        keep = tf.logical_and(tf.not_equal(ids, vocab_lib.PAD_ID), tf.not_equal(ids, self.eos_id))
-        kept = tf.ragged.boolean_mask(ids, keep)
-        unknown = tf.logical_or(kept < 0, kept >= self._base_vocab_size)
-        kept = tf.where(unknown, tf.ones_like(kept) * self.unk_id, kept)
-        return tf.strings.unicode_encode(tf.gather(self._id_to_codepoint, kept), "UTF-8")
-
-    def __eq__(self, other) -> bool:
-        return (isinstance(other, SeqioCharVocabulary)
-                and other.char_vocab.chars == self.char_vocab.chars)
-
-    def __hash__(self) -> int:
-        return hash(self.char_vocab.chars)
 
 
 # ----------------------------------------------------------------------------- names
@@ -138,7 +90,7 @@ def docs_task_name(cfg: DataConfig) -> str:
 # ----------------------------------------------------------------------------- sources
 
 def _output_features(cfg: DataConfig, add_eos: bool) -> dict[str, seqio.Feature]:
-    vocabulary = vocab_lib.as_seqio_vocabulary(tokens_lib.vocabulary(cfg))
+    vocabulary = as_seqio_vocabulary(tokens_lib.vocabulary(cfg))
     return {"targets": seqio.Feature(vocabulary=vocabulary, add_eos=add_eos, dtype=tf.int32)}
 
 
@@ -227,9 +179,9 @@ def register_tasks(seq_len: int) -> list[str]:
 
 def mixture_name(cfg: DataConfig) -> str:
     """``{mixture}_{vocab}_seq{T}``, plus the temperature when rates come from sizes."""
-    tag = cfg.mixture if cfg.mixture in mixture_lib.MIXTURES else f"mix_{_short_hash(cfg.mixture)}"
+    tag = cfg.mixture if cfg.mixture in mixture_spec.MIXTURES else f"mix_{_short_hash(cfg.mixture)}"
     name = f"{tag}_{_vocab_tag(cfg)}_seq{cfg.seq_len}"
-    if mixture_lib.parse_mixture(cfg.mixture).rates is None and cfg.mixture_temperature != 1:
+    if mixture_spec.parse_mixture(cfg.mixture).rates is None and cfg.mixture_temperature != 1:
         name += f"_t{round(cfg.mixture_temperature * 1000):d}"  # per mille
     return name
 
@@ -245,11 +197,11 @@ def register_mixture(mixture: str = "gutenberg", seq_len: int = 64, temperature:
                      vocab="sentencepiece", vocab_model=vocab_model)
     name = mixture_name(cfg)
     if name not in seqio.MixtureRegistry.names():
-        sources = mixture_lib.parse_mixture(mixture).sources
+        sources = mixture_spec.parse_mixture(mixture).sources
         tasks = [register_window_task(dataclasses.replace(cfg, backend="seqio", corpus=source,
                                                           mixture=""))
                  for source in sources]
-        seqio.MixtureRegistry.add(name, list(zip(tasks, mixture_lib.mixture_rates(cfg).tolist())))
+        seqio.MixtureRegistry.add(name, list(zip(tasks, mixture_spec.mixture_rates(cfg).tolist())))
     return name
 
 
@@ -257,8 +209,8 @@ def register_mixture(mixture: str = "gutenberg", seq_len: int = 64, temperature:
 
 def _as_numpy(ds: tf.data.Dataset, *keys: str) -> list[np.ndarray]:
     """Reads a finite dataset once; returns the concatenated arrays of ``keys``."""
-    batches = list(ds.batch(4096).as_numpy_iterator())
-    return [np.concatenate([b[key] for b in batches]) for key in keys]
+    chunks = list(ds.batch(4096).as_numpy_iterator())
+    return [np.concatenate([chunk[key] for chunk in chunks]) for key in keys]
 
 
 def validation_windows(cfg: DataConfig) -> np.ndarray:
@@ -269,14 +221,27 @@ def validation_windows(cfg: DataConfig) -> np.ndarray:
 
 
 def packed_rows(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(targets, positions) of every packed row of the split via ``LMFeatureConverter``."""
+    """(targets, positions) of every packed row of the split via ``LMFeatureConverter``,
+    packed once per process (read-only)."""
+    # Only these fields change the rows, so train and evaluation configs share one entry.
+    key = DataConfig(backend="seqio", corpus=cfg.corpus, train_fraction=cfg.train_fraction,
+                     vocab=cfg.vocab, vocab_model=cfg.vocab_model, seq_len=cfg.seq_len,
+                     packing=True)
+    return _cached_packed_rows(key, split)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_packed_rows(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
+    tokens_lib.check_split_has_text(cfg, split)
     lengths = {"targets": cfg.seq_len}
     task = seqio.get_mixture_or_task(register_docs_task(cfg))
     ds = task.get_dataset(lengths, split=split, shuffle=False)
     ds = seqio.LMFeatureConverter(pack=True)(ds, lengths)
     # seqio packs with a tf.while_loop: tens of seconds for Shakespeare's 4.5M train tokens.
-    targets_rt, positions_rt = _as_numpy(ds, "decoder_target_tokens", "decoder_positions")
-    return targets_rt, positions_rt
+    rows = tuple(_as_numpy(ds, "decoder_target_tokens", "decoder_positions"))
+    for array in rows:
+        array.setflags(write=False)  # shared by every batch of this process
+    return rows
 
 
 class _TrainStream:
@@ -305,7 +270,21 @@ class _TrainStream:
         return windows_lib.windows_to_batch(windows_bt1[self._host_slice])
 
 
-def train_batch_fn(cfg: DataConfig, seed: int, process_index: int,
-                   process_count: int):
-    """The seqio backend's unpacked training batches (same rows as the 'array' backend)."""
-    return _TrainStream(cfg, seed, process_index, process_count)
+def train_iterator(cfg: DataConfig, seed: int, process_index: int = 0,
+                   process_count: int = 1) -> batches.BatchIterator:
+    """The 'array' backend's training batches read through seqio: the window task's stream,
+    or packed rows that ``hash(seed, row)`` picks among those ``LMFeatureConverter`` packs."""
+    if not cfg.packing:
+        return batches.BatchIterator(_TrainStream(cfg, seed, process_index, process_count), seed)
+    row_fn = batches.packed_train_rows(*packed_rows(cfg, "train"), seed)
+    return batches.train_iterator(cfg, row_fn, seed, process_index, process_count)
+
+
+def eval_batches(cfg: DataConfig, process_index: int = 0, process_count: int = 1) -> list[Batch]:
+    """The 'array' backend's validation batches read through seqio."""
+    num_rows = batches.eval_row_count(cfg)
+    if cfg.packing:
+        row_fn = batches.packed_eval_rows(*packed_rows(cfg, "validation"), num_rows)
+    else:
+        row_fn = batches.window_eval_rows(validation_windows(cfg), num_rows)
+    return batches.eval_batches(cfg, row_fn, process_index, process_count)

@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import io
 import pathlib
 
+from lm import fileio
 from lm.data import corpus as corpus_lib
 from lm.data import vocab as vocab_lib
 
@@ -91,14 +93,14 @@ def split_input(source: str, split: str, train_fraction: float = 0.9) -> str:
 
 def train(text: str, options: TokenizerOptions, output: str) -> pathlib.Path:
     """Trains on ``text`` and writes ``<output>.model``; returns its path."""
-    import sentencepiece
+    import sentencepiece  # optional native extension, needed only to train
 
     lines = vocab_lib.split_keeping_newlines(text)
+    model = io.BytesIO()  # the trainer hands the model to a writer; the file is written whole
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, **trainer_options(options))
     model_path = pathlib.Path(f"{output}.model")
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(model_path, "wb") as model_file:
-        sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=model_file, **trainer_options(options))
+    fileio.write_atomically(model_path, model.getvalue())
     return model_path
 
 

@@ -1,17 +1,13 @@
-"""Tokens of a ``DataConfig``: its vocabulary, its splits as token streams, documents and packed
-rows, tokenized once per process or memory-mapped from a pre-tokenized cache.
+"""Tokens of a ``DataConfig``: its vocabulary, and its splits as token streams, documents and
+packed rows, tokenized in memory once per process.
 
-Sits on the base layer (``config``, ``windows``, ``mixture_spec``) and under every module that
-builds batches (``batches``, ``mixture``, ``tasks``, ``cache``, ``objectives``, ``pipeline``);
-it imports none of them, except ``tasks`` for the seqio backend's packed rows, loaded only then
-because it imports TensorFlow. ``TokenCache`` reads the directories that ``lm.data.cache``
-writes (``python -m lm.data.cache``).
+A leaf of ``lm.data``: it imports ``config``, ``corpus``, ``vocab``, ``mixture_spec`` and
+``windows``, never a backend. The array and mixture backends read their arrays here, the seqio
+backend its vocabulary and token streams, and the cache builder what it writes to disk.
 """
 from __future__ import annotations
 
 import functools
-import json
-import os
 
 import numpy as np
 
@@ -57,10 +53,7 @@ def _cached_vocabulary(kind: str, corpora: tuple[str, ...],
 # ----------------------------------------------------------------------------- token streams
 
 def split_tokens(cfg: DataConfig, split: str) -> np.ndarray:
-    """The whole split as one token array, encoded once per process (read-only), or
-    memory-mapped from ``cfg.cache_dir``."""
-    if cfg.cache_dir:
-        return _token_cache(cfg, split).tokens
+    """The whole split as one token array, encoded once per process (read-only)."""
     return _cached_split_tokens(cfg.corpus, split, cfg.train_fraction, cfg.vocab, cfg.model_path,
                                 vocab_corpora(cfg))
 
@@ -85,82 +78,28 @@ def document_tokens(cfg: DataConfig, split: str) -> list[np.ndarray]:
 
 # ----------------------------------------------------------------------------- packed rows
 
+def check_split_has_text(cfg: DataConfig, split: str) -> None:
+    """Raises a ConfigError naming the fix when the split of ``cfg.corpus`` is empty."""
+    if not corpus_lib.split_text(cfg.corpus, split, cfg.train_fraction):
+        raise ConfigError(f"the {split} split of {cfg.corpus!r} is empty; adjust "
+                          f"config.data.train_fraction={cfg.train_fraction}.")
+
+
 def packed_rows(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(targets, positions) of every packed row of the split, built once per process, or
-    memory-mapped from ``cfg.cache_dir``."""
-    if cfg.cache_dir:
-        cached = _token_cache(cfg, split, packed=True)
-        return cached.packed_targets, cached.packed_positions
+    """(targets, positions) of every packed row of the split, packed in NumPy once per
+    process (read-only)."""
     return _cached_packed_rows(cfg.corpus, split, cfg.train_fraction, cfg.vocab,
-                               cfg.vocab_model, cfg.seq_len, cfg.backend, cfg.mixture)
+                               cfg.vocab_model, cfg.seq_len, cfg.mixture)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_packed_rows(corpus, split, train_fraction, vocab, vocab_model, seq_len, backend,
-                        mixture):
+def _cached_packed_rows(corpus, split, train_fraction, vocab, vocab_model, seq_len, mixture):
     cfg = DataConfig(corpus=corpus, train_fraction=train_fraction, vocab=vocab,
-                     vocab_model=vocab_model, seq_len=seq_len, backend=backend, packing=True,
-                     mixture=mixture)
-    if not corpus_lib.split_text(corpus, split, train_fraction):
-        raise ConfigError(f"the {split} split of {corpus!r} is empty; adjust "
-                          f"config.data.train_fraction={train_fraction}.")
-    if backend == "seqio":
-        from lm.data import tasks  # TensorFlow only on request
-
-        rows = tasks.packed_rows(cfg, split)
-    else:
-        examples = [piece for doc in document_tokens(cfg, split)
-                    for piece in windows_lib.chunk(doc, seq_len)]
-        rows = windows_lib.pack_examples(examples, seq_len)
+                     vocab_model=vocab_model, seq_len=seq_len, packing=True, mixture=mixture)
+    check_split_has_text(cfg, split)
+    examples = [piece for doc in document_tokens(cfg, split)
+                for piece in windows_lib.chunk(doc, seq_len)]
+    rows = windows_lib.pack_examples(examples, seq_len)
     for array in rows:
         array.setflags(write=False)  # shared by every batch of this process
     return rows
-
-
-# ----------------------------------------------------------------------------- token cache
-
-class TokenCache:
-    """One split of a cache, memory-mapped."""
-
-    def __init__(self, directory: str, split: str = "train"):
-        path = os.path.join(directory, split)
-        meta_path = os.path.join(path, "meta.json")
-        if not os.path.exists(meta_path):
-            raise FileNotFoundError(f"no token cache at {path}: build it with "
-                                    f"`python -m lm.data.cache --output={directory} ...`")
-        with open(meta_path) as f:
-            self.meta = json.load(f)
-        load = lambda name: np.load(os.path.join(path, name), mmap_mode="r")  # noqa: E731
-        self.tokens = load("tokens.npy")
-        self.packed_targets = load("packed_targets.npy")
-        self.packed_positions = load("packed_positions.npy")
-
-    def window_batch(self, seed: int, rows_n: np.ndarray, seq_len: int) -> windows_lib.Batch:
-        """nanoGPT windows for global rows ``rows_n`` (equal to the array backend's)."""
-        windows = windows_lib.train_windows(self.tokens, seq_len, seed, rows_n)
-        return windows_lib.windows_to_batch(windows.astype(np.int32))
-
-    def packed_batch(self, rows_n: np.ndarray) -> windows_lib.Batch:
-        """Packed rows ``rows_n`` (modulo the number of rows) with segment ids and positions."""
-        index = rows_n % len(self.packed_targets)
-        return windows_lib.packed_batch(np.asarray(self.packed_targets[index], np.int32),
-                                        np.asarray(self.packed_positions[index], np.int32))
-
-
-def _token_cache(cfg: DataConfig, split: str, packed: bool = False) -> TokenCache:
-    """The cache of ``cfg.cache_dir`` after checking it was built for this data config."""
-    try:
-        cached = TokenCache(cfg.cache_dir, split)
-    except FileNotFoundError as e:
-        raise ConfigError(f"config.data.cache_dir: {e}") from None
-    expected = {"corpus": cfg.corpus, "vocab": cfg.vocab, "vocab_model": cfg.vocab_model,
-                "train_fraction": cfg.train_fraction}
-    if packed:
-        expected["seq_len"] = cfg.seq_len
-    wrong = {k: (cached.meta.get(k), v) for k, v in expected.items() if cached.meta.get(k) != v}
-    if wrong:
-        raise ConfigError(f"config.data.cache_dir={cfg.cache_dir!r} was built for another data "
-                          "config (" + "; ".join(f"{k}: cache {c!r}, config {v!r}"
-                                                 for k, (c, v) in wrong.items())
-                          + "); rebuild it with python -m lm.data.cache or clear cache_dir.")
-    return cached

@@ -1,7 +1,8 @@
 """Vocabularies: characters, SentencePiece, and a stand-in for synthetic data.
 
 All follow the seqio id convention: 0 = PAD, 1 = EOS, 2 = UNK, real tokens from 3. Pure
-Python/NumPy; ``as_seqio_vocabulary`` imports seqio (and TensorFlow) only when called.
+Python/NumPy, a leaf of ``lm.data`` that imports only ``corpus`` (the characters of a char
+vocabulary); the seqio form of a vocabulary is ``lm.data.seqio_vocab.as_seqio_vocabulary``.
 
 Common interface: ``encode(text) -> list[int]``, ``encode_array(text) -> int32 array``,
 ``decode(ids) -> str`` (skips PAD and EOS, never stops early), ``vocab_size``, ``pad_id``,
@@ -14,6 +15,8 @@ import pathlib
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from lm.data import corpus as corpus_lib
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 NUM_RESERVED = 3  # PAD, EOS, UNK
@@ -89,15 +92,15 @@ class CharVocabulary(_ReservedIds):
 
 
 class SentencePieceVocabulary(_ReservedIds):
-    """A SentencePiece model trained with pad=0, eos=1, unk=2 and no BOS (see train_tokenizer)."""
+    """A SentencePiece model trained with pad=0, eos=1, unk=2 and no BOS (lm.data.tokenizer)."""
 
     def __init__(self, model_path: str | pathlib.Path):
-        import sentencepiece  # light, but only needed here
+        import sentencepiece  # optional native extension: char vocabularies never load it
 
         self.model_path = str(model_path)
         if not pathlib.Path(self.model_path).is_file():
             raise ValueError(f"SentencePiece model {self.model_path!r} not found; train one with "
-                             f"`python -m lm.data.train_tokenizer` or fix config.data.vocab_model.")
+                             f"`python -m lm.data.tokenizer` or fix config.data.vocab_model.")
         self._processor = sentencepiece.SentencePieceProcessor(model_file=self.model_path)
         self._check_reserved_ids()
         # With '\n' as its own piece no piece spans a newline, so lines encode independently.
@@ -188,22 +191,8 @@ def make_vocabulary(kind: str, corpus: str, model_path: str | None = None) -> Vo
     'sentencepiece': the model at ``model_path``, by default the shipped shakespeare_sp1024.
     """
     if kind == "char":
-        from lm.data import corpus as corpus_lib
-
         return CharVocabulary.from_text(corpus_lib.corpus_text(corpus))
     if kind == "sentencepiece":
         return SentencePieceVocabulary(model_path or DEFAULT_SENTENCEPIECE_MODEL)
     raise ValueError(f"unknown vocabulary kind {kind!r}; use one of {', '.join(KINDS)}.")
 
-
-def as_seqio_vocabulary(vocab: Vocabulary):
-    """A ``seqio.Vocabulary`` with the same ids, usable in seqio tasks (imports seqio)."""
-    import seqio
-
-    if isinstance(vocab, SentencePieceVocabulary):
-        return seqio.SentencePieceVocabulary(vocab.model_path)
-    if isinstance(vocab, CharVocabulary):
-        from lm.data import tasks  # holds the TensorFlow half of the char vocabulary
-
-        return tasks.SeqioCharVocabulary(vocab)
-    raise TypeError(f"no seqio vocabulary for {type(vocab).__name__}.")

@@ -1,9 +1,8 @@
 """Windows and packing: token arrays in, ``Batch`` dicts out (base layer of ``lm.data``).
 
-Pure NumPy on token arrays; nothing here reads a config or a corpus. With ``lm.data.config``
-and ``lm.data.mixture_spec`` this is the base layer of the pipeline: it imports no module of
-``lm.data`` but ``vocab`` (for the PAD id), and the modules above it (``tokens``, ``batches``,
-``mixture``, ``tasks``, ``features``, ``pipeline``) build their batches from these functions.
+Pure NumPy on token arrays; nothing here reads a config or a corpus. A leaf of ``lm.data``: it
+imports no module of the package but ``vocab`` (for the PAD id), and the row functions of
+``lm.data.batches``, every backend and ``features`` build their batches from these functions.
 
 Every batch is a dict of the five arrays of ``BATCH_KEYS``, each of shape [batch, seq_len]:
   inputs (int32), targets (int32), weights (float32, 0 on padding),

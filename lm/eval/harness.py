@@ -11,11 +11,21 @@ module is enough: ``lm_eval.simple_evaluate(model="lm", model_args="workdir=RUN"
 The requests are answered by ``lm.eval.scoring.ModelScorer``; this module adds the model
 arguments, a progress bar and lm_eval's partial-results cache hook. It is the only module of
 ``lm`` that imports lm_eval.
+
+Where results go: lm_eval writes into ``<output_path>/<model name>/``, the model name being read
+from model_args keys such as ``pretrained=``, and a random one otherwise. For this model the
+folder is ``<workdir's folder name>_step<N>`` (``results_folder_name``), N being the evaluated
+checkpoint, so ``--model_args workdir=runs/demo`` at step 2000 writes
+``<output_path>/demo_step2000/results_<date>.json``. The results' ``device`` is what JAX runs
+on (``device_summary``, e.g. ``cpu:0``), not lm_eval's ``--device`` default (``cuda:0``),
+which this model does not use.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import sys
 from typing import Any, Callable, Optional, Sequence
 
@@ -23,10 +33,11 @@ import jax
 import lm_eval.models  # noqa: F401  (lm_eval's own models stay registered next to "lm")
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
+from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
 from lm_eval.utils import simple_parse_args_string
 from tqdm import tqdm
 
-from lm.eval.scoring import ModelScorer
+from lm.eval.trained import scorer_from_workdir
 
 MODEL_NAME = "lm"
 MODEL_ARGS = ("workdir", "step", "batch_size", "seed")
@@ -47,7 +58,7 @@ class HarnessModel(LM):
         super().__init__()
         self.workdir = workdir
         self.batch_size = batch_size
-        self.scorer = ModelScorer.from_workdir(workdir, step=step, batch_size=batch_size, seed=seed)
+        self.scorer = scorer_from_workdir(workdir, step=step, batch_size=batch_size, seed=seed)
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str,
@@ -103,11 +114,123 @@ class HarnessModel(LM):
     # ------------------------------------------------------------------------- lm_eval metadata
 
     def get_model_info(self) -> dict:
-        """What lm_eval records in the results' config: which checkpoint was evaluated."""
+        """What lm_eval records in the results' config: which checkpoint was evaluated, and on
+        which JAX backend and devices."""
         scorer = self.scorer
+        devices = parameter_devices(scorer.params)
         return {"model_workdir": self.workdir, "model_step": scorer.step, "model_arch": scorer.arch,
                 "model_context_len": scorer.window, "model_batch_size": self.batch_size,
-                "model_num_parameters": sum(int(x.size) for x in jax.tree.leaves(scorer.params))}
+                "model_num_parameters": sum(int(x.size) for x in jax.tree.leaves(scorer.params)),
+                "model_jax_backend": jax.default_backend(),
+                "model_devices": [device_name(device) for device in devices]}
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def device_name(device) -> str:
+    """'cpu:0', 'gpu:1', 'tpu:3': the platform and id of a JAX device."""
+    return f"{device.platform}:{device.id}"
+
+
+def device_summary(devices: Sequence) -> str:
+    """What the results' ``device`` says: 'cpu:0' for one device, 'tpu:0-7 (8 devices)' or
+    'gpu:0,2 (2 devices)' for several."""
+    names = sorted({device.platform for device in devices})
+    ids = sorted(device.id for device in devices)
+    if len(ids) == 1:
+        return f"{names[0]}:{ids[0]}"
+    contiguous = ids == list(range(ids[0], ids[0] + len(ids)))
+    listed = f"{ids[0]}-{ids[-1]}" if contiguous else ",".join(map(str, ids))
+    return f"{'+'.join(names)}:{listed} ({len(ids)} devices)"
+
+
+def parameter_devices(params) -> list:
+    """Every device holding a part of ``params``, by id."""
+    found = {device for leaf in jax.tree.leaves(params) for device in leaf.devices()}
+    return sorted(found, key=lambda device: device.id)
+
+
+def with_jax_device(argv: Sequence[str], devices: Sequence) -> list[str]:
+    """lm_eval's command line for ``--model lm`` with ``--device`` saying what JAX runs on.
+    lm_eval records --device in the results (its default is 'cuda:0', even on a CPU) but this
+    model never reads it."""
+    kept, skip = [], False
+    for argument in argv:
+        if skip:
+            skip = False
+        elif argument == "--device":
+            skip = True
+        elif not argument.startswith("--device="):
+            kept.append(argument)
+    if len(kept) != len(argv):
+        logger.warning("--device is not used by --model %s: JAX runs it on %s", MODEL_NAME,
+                       device_summary(devices))
+    return kept + ["--device", device_summary(devices)]
+
+
+def model_from_argv(argv: Sequence[str]) -> str:
+    """The --model (-M) of lm_eval's command line; 'hf', lm_eval's default, when not given."""
+    model = "hf"
+    for index, argument in enumerate(argv):
+        if argument in ("--model", "-M") and index + 1 < len(argv):
+            model = argv[index + 1]
+        elif argument.startswith("--model="):
+            model = argument.split("=", 1)[1]
+    return model
+
+
+# ----------------------------------------------------------------------------- results folder
+
+
+def results_folder_name(workdir: str, step: Optional[int]) -> str:
+    """'<workdir's folder name>_step<N>' (e.g. 'demo_step2000'), or '<name>_latest' where no
+    checkpoint is found; characters a folder name should not have become '_'."""
+    name = os.path.basename(os.path.normpath(workdir)) or "workdir"
+    suffix = f"step{step}" if step is not None else "latest"
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", f"{name}_{suffix}")
+
+
+def latest_checkpoint_step(workdir: str) -> Optional[int]:
+    """The newest complete checkpoint of ``workdir``: orbax names each ``checkpoints/<step>``
+    and renames it there only once it is written."""
+    try:
+        names = os.listdir(os.path.join(workdir, "checkpoints"))
+    except OSError:
+        return None
+    steps = [int(name) for name in names if name.isdigit()]
+    return max(steps) if steps else None
+
+
+def results_model_name(model_args) -> Optional[str]:
+    """The results folder for model_args (a string or lm_eval's parsed dict) of this model;
+    None for other models' arguments, which have no ``workdir``."""
+    arguments = simple_parse_args_string(model_args) if isinstance(model_args, str) else model_args
+    if not isinstance(arguments, dict) or "workdir" not in arguments:
+        return None
+    try:
+        parsed = model_arguments(arguments)
+    except ValueError:
+        return None
+    step = parsed.get("step")
+    return results_folder_name(parsed["workdir"], step if step is not None
+                               else latest_checkpoint_step(parsed["workdir"]))
+
+
+def _name_results_after_the_checkpoint() -> None:
+    """lm_eval names the results folder after model_args' ``pretrained=`` (and a few other
+    keys), else randomly; this model's arguments name it after the workdir and step."""
+    original = getattr(GeneralConfigTracker, "_get_model_name", None)
+    if original is None:  # another lm_eval version: its own names stay
+        return
+
+    def model_name(model_args):
+        return results_model_name(model_args) or original(model_args)
+
+    GeneralConfigTracker._get_model_name = staticmethod(model_name)
+
+
+_name_results_after_the_checkpoint()
 
 
 def model_arguments(arg_dict: dict) -> dict:
@@ -190,11 +313,14 @@ def batching_key(request) -> tuple[str, int]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """lm_eval's own command line (``lm_eval.__main__.cli_evaluate``) with "lm" registered."""
+    """lm_eval's own command line (``lm_eval.__main__.cli_evaluate``) with "lm" registered and,
+    for it, the device JAX uses recorded as the results' ``device``."""
     from lm_eval.__main__ import cli_evaluate
 
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if model_from_argv(arguments) == MODEL_NAME:  # lm_eval's own models do use --device
+        arguments = with_jax_device(arguments, jax.devices())
+    sys.argv = [sys.argv[0], *arguments]
     cli_evaluate()
 
 

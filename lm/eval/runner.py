@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from lm.configlib import ConfigError, from_section
+from lm.configlib import ConfigError
 from lm.eval import report
 from lm.eval.scoring import ModelScorer
 from lm.eval.tasks import EvalConfig, EvalTask, build_tasks
@@ -33,7 +33,7 @@ _CHUNK_BATCHES = 4  # batches per progress-bar update
 
 
 def eval_config(config) -> EvalConfig:
-    return from_section(EvalConfig, config.get("eval"), "config.eval").validated()
+    return EvalConfig.from_config(config.get("eval"))
 
 
 def evaluate_workdir(config, workdir: str, step: Optional[int] = None, devices=None,

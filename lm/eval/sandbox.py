@@ -111,10 +111,10 @@ def run_program(source: str, limits: Limits = Limits()) -> Result:
 
 
 def _write_inputs(root: str, source: str, limits: Limits) -> None:
-    with open(os.path.join(root, _PROGRAM), "w", encoding="utf-8") as f:
-        f.write(source)
-    with open(os.path.join(root, _CONFIG), "w", encoding="utf-8") as f:
-        json.dump(dataclasses.asdict(limits), f)
+    # Imported here: the child runs this file as a script (python -I) and cannot import lm.
+    from lm.fileio import write_atomically
+    write_atomically(os.path.join(root, _PROGRAM), source)
+    write_atomically(os.path.join(root, _CONFIG), json.dumps(dataclasses.asdict(limits)))
 
 
 def _child_env(work: str) -> dict[str, str]:
@@ -128,6 +128,7 @@ def _child_env(work: str) -> dict[str, str]:
 
 def _run_child(root: str, work: str, limits: Limits) -> tuple[int, bool, int | None]:
     """Starts the child in its own session, waits up to the time limit, kills its process group."""
+    # stream: the child's stdout and stderr, written by the child while it runs
     with open(os.path.join(root, _STDOUT), "wb") as out, open(os.path.join(root, _STDERR), "wb") as err:
         proc = subprocess.Popen([sys.executable, "-I", "-B", os.path.abspath(__file__), root],
                                 cwd=work, env=_child_env(work), stdin=subprocess.DEVNULL,
@@ -375,6 +376,7 @@ def _child_main(root: str) -> None:
         limits = json.load(f)
     with open(os.path.join(root, _PROGRAM), encoding="utf-8") as f:
         source = f.read()
+    # stream: opened before the limits and the audit hook, written once the program has ended
     result_file = open(os.path.join(root, _RESULT), "w", encoding="utf-8")
     _apply_limits(limits)
     sys.addaudithook(_make_audit_hook(os.path.join(root, _WORK), _disable_fork_exec()))

@@ -58,6 +58,7 @@ class ModelScorer:
     capped by ``model_cfg.max_len``. ``batch_size`` rows are scored per call. With ``mesh``,
     scoring and generation are traced under ``axis_rules(mesh, rules)`` (``params`` may be
     sharded on it) and scoring batches have a multiple of the mesh's batch ways as rows.
+    The scorer of a trained workdir is ``lm.eval.trained.scorer_from_workdir``.
     """
 
     def __init__(self, graphdef: nnx.GraphDef, params, model_cfg, vocab, context_len: int,
@@ -78,19 +79,6 @@ class ModelScorer:
         self.batch_size = batch_size
         self.seed = seed
         self.step = step
-
-    @classmethod
-    def from_workdir(cls, workdir: str, step: Optional[int] = None, devices=None,
-                     batch_size: int = 16, seed: int = 0) -> "ModelScorer":
-        """The checkpoint at ``step`` (default: the latest) of ``workdir``, rebuilt from the
-        workdir's config.json with its parameters sharded on the saved mesh (or, when that does
-        not fit ``devices``, data parallel over them)."""
-        from lm.train.run import Run
-
-        run = Run.from_workdir(workdir, devices=devices)
-        check_scoring_arch(run.exp.model.arch)
-        params, step = run.restore(step)
-        return run.scorer(params, batch_size, seed, step)
 
     # ------------------------------------------------------------------------- requests
 

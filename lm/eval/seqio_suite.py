@@ -20,6 +20,7 @@ import seqio
 import tensorflow as tf
 
 from lm.data import vocab as vocab_lib
+from lm.data.seqio_vocab import as_seqio_vocabulary
 from lm.eval import metrics as metrics_lib
 from lm.eval.tasks import EvalTask
 from lm.infer.decode import truncate_at_stop
@@ -171,7 +172,7 @@ def register(task: EvalTask, vocabulary: vocab_lib.Vocabulary) -> str:
     name = f"lm_eval_{task.name}_{_fingerprint(task, vocabulary)}"
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
-    seqio_vocabulary = vocab_lib.as_seqio_vocabulary(vocabulary)
+    seqio_vocabulary = as_seqio_vocabulary(vocabulary)
     features = {key: seqio.Feature(vocabulary=seqio_vocabulary, add_eos=False, dtype=tf.int32,
                                    required=False)
                 for key in ("inputs", "targets")}

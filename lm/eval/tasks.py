@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from lm.configlib import ConfigError
+from lm.configlib import ConfigError, Section, at_least, option, rule
 
 KINDS = ("rolling", "choice", "generate", "code")
 GENERATION_METRICS = ("exact_match", "squad", "bleu", "chrf", "rouge")
@@ -43,31 +43,32 @@ ROW_FIELDS = {"rolling": ("text",), "choice": ("context", "choices", "label"),
 CODE_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """``config.eval``: which tasks ``config.mode='eval'`` runs, and how."""
-    tasks: str = ""               # comma-separated names (above) or '<kind>:<file.jsonl>'; '' = none
-    num_examples: int = 0         # rows per task (evenly spaced); 0 = all
-    batch_size: int = 16          # rows scored or generated per call
-    max_new_tokens: int = 0       # generate/code tasks; 0 = each task's default
-    code_samples: int = 1         # completions per HumanEval problem (n of pass@k)
-    code_temperature: float = 0.8  # sampling temperature when code_samples > 1 (else greedy)
-    pass_k: str = "1"             # comma-separated k of pass@k; k > code_samples is left out
-    heldout_doc_chars: int = 2048  # heldout_docs: characters per document
+def _is_pass_k(text) -> bool:
+    parts = [k.strip() for k in str(text).split(",") if k.strip()]
+    return bool(parts) and all(k.isdigit() and int(k) >= 1 for k in parts)
 
-    def validated(self) -> "EvalConfig":
-        for name in ("batch_size", "code_samples", "heldout_doc_chars"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"config.eval.{name}={getattr(self, name)} must be >= 1")
-        for name in ("num_examples", "max_new_tokens"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"config.eval.{name}={getattr(self, name)} must be >= 0 (0: default)")
-        if not self.pass_ks or min(self.pass_ks) < 1:
-            raise ConfigError(f"config.eval.pass_k={self.pass_k!r} must list positive integers, e.g. '1,10'")
-        if self.code_temperature < 0:
-            raise ConfigError(f"config.eval.code_temperature={self.code_temperature} must be >= 0")
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(Section):
+    """``config.eval``: which tasks ``config.mode='eval'`` runs, and how; results in
+    <workdir>/eval/step<N>.{json,md}."""
+    where = "config.eval"
+    tasks: str = option("", "comma-separated names (BUILTIN) or '<kind>:<file.jsonl>'; '' = "
+                        "none")
+    num_examples: int = option(0, "rows per task, evenly spaced", at_least(0, "0: all"))
+    batch_size: int = option(16, "rows scored or generated per call", at_least(1))
+    max_new_tokens: int = option(0, "generate/code tasks", at_least(0, "0: each task's default"))
+    code_samples: int = option(1, "completions per HumanEval problem (n of pass@k; 1: greedy)",
+                               at_least(1))
+    code_temperature: float = option(0.8, "sampling temperature when code_samples > 1",
+                                     at_least(0))
+    pass_k: str = option("1", "comma-separated k of pass@k, e.g. '1,10'; k > code_samples is "
+                         "left out", rule(_is_pass_k, "must list positive integers, e.g. '1,10'",
+                                          "0"))
+    heldout_doc_chars: int = option(2048, "heldout_docs: characters per document", at_least(1))
+
+    def check(self) -> None:
         self._check_task_names()
-        return self
 
     def _check_task_names(self) -> None:
         """Unknown built-in names, file tasks of a bad kind or without their file, and repeated
@@ -91,10 +92,7 @@ class EvalConfig:
 
     @property
     def pass_ks(self) -> tuple[int, ...]:
-        try:
-            return tuple(int(k) for k in self.pass_k.split(",") if k.strip())
-        except ValueError:
-            raise ConfigError(f"config.eval.pass_k={self.pass_k!r} must list integers, e.g. '1,10'") from None
+        return tuple(int(k) for k in self.pass_k.split(",") if k.strip())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ import dataclasses
 import sys
 from typing import Iterable, Optional, TextIO
 
-from lm.configlib import ConfigError, from_section
+from lm.configlib import ConfigError, Section, at_least, fraction, one_of, option, positive
 from lm.infer.decode import DecodeSettings, check_request, generate_text
 
 # How a prompt is wrapped: as typed, as an instruction (lm.instruct's task template), or as one
@@ -15,27 +15,27 @@ TEMPLATES = ("", "instruction", "chat")
 
 
 @dataclasses.dataclass(frozen=True)
-class SampleConfig:
-    """The ``config.sample`` section (every field optional)."""
-    prompt: str = "\n"
-    max_new_tokens: int = 200
-    temperature: float = 0.8          # 0: greedy
-    top_k: int = 0                    # 0: no cut
-    top_p: float = 1.0                # nucleus mass; 1: no cut
-    repetition_penalty: float = 1.0   # 1: none
-    beam_size: int = 1                # > 1: beam search
-    length_penalty: float = 0.0       # GNMT alpha of beam search
-    stop: str = ""                    # stop strings separated by '|'; '' = none
-    stop_at_eos: bool = True          # the vocabulary's EOS id ends a continuation
-    seed: int = 0
-    template: str = ""                # '' (raw text) | instruction | chat: how each prompt is wrapped
-
-    @classmethod
-    def from_config(cls, section) -> "SampleConfig":
-        cfg = from_section(cls, section or {}, "config.sample")
-        if cfg.template not in TEMPLATES:
-            raise ConfigError(f"config.sample.template={cfg.template!r}: use one of {', '.join(map(repr, TEMPLATES))}")
-        return cfg
+class SampleConfig(Section):
+    """The ``config.sample`` section: config.mode='sample' continues prompts with the latest
+    checkpoint (``--interactive``: each stdin line instead of the prompt)."""
+    where = "config.sample"
+    prompt: str = option("\n", "text to continue", escapes=True)
+    max_new_tokens: int = option(200, "new tokens; prompt + new must fit the context",
+                                 at_least(1))
+    temperature: float = option(0.8, "0: greedy", at_least(0))
+    top_k: int = option(0, "sample from the k most likely tokens", at_least(0, "0: all"))
+    top_p: float = option(1.0, "nucleus: the smallest set with this mass",
+                          fraction(high_open=False))
+    repetition_penalty: float = option(1.0, "CTRL penalty on tokens already present; 1: none",
+                                       positive())
+    beam_size: int = option(1, "> 1: beam search (deterministic)", at_least(1))
+    length_penalty: float = option(0.0, "beam search: GNMT alpha, ((5 + len) / 6) ** alpha")
+    stop: str = option("", "stop strings separated by '|', e.g. '\\n\\n'; '' = none",
+                       escapes=True)
+    stop_at_eos: bool = option(True, "the vocabulary's EOS id ends a continuation")
+    seed: int = option(0, "same seed, same continuation")
+    template: str = option("", "how each prompt is wrapped: '' (as typed) | instruction | chat",
+                           one_of(*TEMPLATES))
 
     def wrap(self, prompt: str) -> str:
         """The prompt as an instruction-tuned model saw its questions in training."""

@@ -15,6 +15,7 @@ import json
 import sys
 from typing import Callable, Sequence
 
+from lm.eval.trained import scorer_from_workdir
 from lm.fileio import write_atomically
 
 TASK_END = "\n\n"  # the separator between tasks in a self-instruct prompt
@@ -65,10 +66,8 @@ def main(argv=None) -> int:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from lm.eval.scoring import ModelScorer
-
     try:
-        scorer = ModelScorer.from_workdir(args.workdir, seed=args.seed)
+        scorer = scorer_from_workdir(args.workdir, seed=args.seed)
         report = bootstrap(scorer, read_seed_tasks(args.seed_tasks), args.out, args.rounds, args.per_round,
                            args.seed, args.max_new_tokens, args.temperature)
     except (ValueError, FileNotFoundError) as e:

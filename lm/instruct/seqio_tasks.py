@@ -23,7 +23,7 @@ from typing import Callable, Mapping, Sequence, Union
 import seqio
 import tensorflow as tf
 
-from lm.data import vocab as vocab_lib
+from lm.data.seqio_vocab import as_seqio_vocabulary
 from lm.instruct.datasets import SPLITS, instruction_dataset
 from lm.instruct.instances import Instance
 from lm.instruct.rows import check_representable
@@ -52,7 +52,7 @@ def register_instruction_task(name: str, vocab, dataset: InstanceSource = "arith
             return name
         seqio.TaskRegistry.remove(name)
     source = _source(_instances_fn(dataset, count, seed), vocab, multi_turn)
-    seqio_vocab = vocab_lib.as_seqio_vocabulary(vocab)
+    seqio_vocab = as_seqio_vocabulary(vocab)
     features = {"inputs": seqio.Feature(seqio_vocab, add_eos=False, dtype=tf.int32),
                 "targets": seqio.Feature(seqio_vocab, add_eos=True, dtype=tf.int32)}
     preprocessors = [functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=True)]

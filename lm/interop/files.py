@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from lm.fileio import new_folder_mode, write_atomically
 from lm.interop.errors import HFCheckpointError
 
 CONFIG_FILE = "config.json"
@@ -42,6 +43,7 @@ def write_folder_atomically(out_dir: str, write: Callable[[str], None], overwrit
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
     try:
+        os.chmod(tmp_dir, new_folder_mode())  # mkdtemp's 0700 would stay with the export
         write(tmp_dir)
         _replace_folder(tmp_dir, out_dir)
     except BaseException:
@@ -62,9 +64,7 @@ def _replace_folder(new_dir: str, out_dir: str) -> None:
 
 
 def write_json(path: str, value: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
+    write_atomically(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def write_tensors(path: str, tensors: dict[str, np.ndarray]) -> None:

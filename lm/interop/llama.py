@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from lm.fileio import write_atomically
 from lm.interop import files
 from lm.interop.llama_config import check_llama, hf_config, model_config_from_hf
 from lm.interop.llama_params import from_hf_tensors, to_hf_tensors
@@ -36,8 +37,9 @@ def export_llama(params, model_cfg: ModelConfig, out_dir: str, vocab=None,
         files.write_json(os.path.join(tmp_dir, files.CONFIG_FILE), config)
         files.write_tensors(os.path.join(tmp_dir, files.WEIGHTS_FILE), tensors)
         if vocab is not None and hasattr(vocab, "to_json"):
-            with open(os.path.join(tmp_dir, VOCAB_FILE), "w") as f:
-                f.write(vocab.to_json())
+            # Scratch in a folder that is renamed into place whole; the atomic writer is used
+            # anyway so that every file the project writes is written one way.
+            write_atomically(os.path.join(tmp_dir, VOCAB_FILE), vocab.to_json())
 
     files.write_folder_atomically(out_dir, write, overwrite)
     return out_dir

@@ -71,7 +71,7 @@ def model_config_from_hf(hf: dict, scan_layers: bool = False, where: str = "conf
     _check_hf_architecture(hf, where)
     heads = _int_field(hf, "num_attention_heads", where)
     hidden = _int_field(hf, "hidden_size", where)
-    cfg = ModelConfig(
+    fields = dict(
         arch="decoder", norm="rmsnorm", positions="rope", mlp="swiglu", block="serial",
         use_bias=False, tie_embeddings=False, scan_layers=scan_layers,
         vocab_size=_int_field(hf, "vocab_size", where), d_model=hidden,
@@ -84,7 +84,7 @@ def model_config_from_hf(hf: dict, scan_layers: bool = False, where: str = "conf
         rope_theta=_rope_theta(hf, where),
         init_std=_float_field(hf, "initializer_range", where, ModelConfig.init_std))
     try:
-        return cfg.validated()
+        return ModelConfig(**fields)
     except ConfigError as e:
         raise HFCheckpointError(f"{where} describes a model that lm cannot build: {e}") from e
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from lm.configlib import ConfigError, from_section
+from lm.configlib import ConfigError, Section, at_least, fraction, one_of, option, positive
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 NORMS = ("layernorm", "rmsnorm")
@@ -20,46 +20,50 @@ ARCHS = ("decoder", "prefix_decoder", "encoder", "encoder_decoder", "lstm")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
     """Model hyperparameters; 0 in a size field means 'derive it' (see the properties)."""
-    arch: str = "decoder"          # decoder | prefix_decoder | encoder | encoder_decoder | lstm
-    vocab_size: int = 0            # 0: taken from the data's vocabulary at build time
-    num_layers: int = 4            # decoder layers (LSTM: recurrent layers)
-    num_encoder_layers: int = 0    # encoder_decoder only; 0: = num_layers
-    d_model: int = 128
-    num_heads: int = 4
-    num_kv_heads: int = 0          # 0: = num_heads (MHA); 1: multi-query; other: grouped-query
-    head_dim: int = 0              # 0: d_model // num_heads
-    d_ff: int = 0                  # 0: 4 * d_model
-    max_len: int = 2048            # table size for learned positions
-    positions: str = "learned"     # learned | sinusoidal | rope | alibi | none
-    rope_theta: float = 10_000.0
-    norm: str = "layernorm"        # layernorm | rmsnorm
-    norm_eps: float = 1e-5
-    mlp: str = "gelu"              # gelu | relu | swiglu | geglu
-    block: str = "serial"          # serial (pre-norm GPT) | parallel (PaLM: x + attn(n(x)) + mlp(n(x)))
-    tie_embeddings: bool = True    # output projection = input embedding transposed
-    use_bias: bool = False         # biases in dense layers and LayerNorm
-    dropout: float = 0.0
-    init_std: float = 0.02
-    scale_residual_init: bool = True  # output projections init with std / sqrt(2 * num_layers)
-    scan_layers: bool = False      # stack layers and run them with lax.scan (fast compiles)
-    # Pipeline parallelism (lm/parallel/pipeline.py); the trainer sets the stage count from
+    where = "config.model"
+    arch: str = option("decoder", "the network (ARCHS above)", one_of(*ARCHS))
+    vocab_size: int = option(0, "embedding rows", at_least(0, "0: the data's vocabulary"))
+    num_layers: int = option(4, "decoder layers (LSTM: recurrent layers)", at_least(1))
+    num_encoder_layers: int = option(0, "encoder_decoder only", at_least(0, "0: = num_layers"))
+    d_model: int = option(128, "width of the residual stream", at_least(1))
+    num_heads: int = option(4, "attention heads", at_least(1))
+    num_kv_heads: int = option(0, "key/value heads; 1: multi-query; other: grouped-query",
+                               at_least(0, "0: = num_heads"))
+    head_dim: int = option(0, "features per head", at_least(0, "0: d_model // num_heads"))
+    d_ff: int = option(0, "MLP hidden width", at_least(0, "0: 4 * d_model"))
+    max_len: int = option(2048, "longest sequence; the table size of learned positions",
+                          at_least(1))
+    positions: str = option("learned", "position encoding", one_of(*POSITIONS))
+    rope_theta: float = option(10_000.0, "RoPE base wavelength", positive())
+    norm: str = option("layernorm", "normalisation layer", one_of(*NORMS))
+    norm_eps: float = option(1e-5, "added to the variance", positive())
+    mlp: str = option("gelu", "MLP activation (swiglu/geglu: gated)", one_of(*MLPS))
+    block: str = option("serial", "serial (pre-norm GPT) | parallel (PaLM: x + attn(n(x)) + "
+                        "mlp(n(x)))", one_of(*BLOCKS))
+    tie_embeddings: bool = option(True, "output projection = input embedding transposed")
+    use_bias: bool = option(False, "biases in dense layers and LayerNorm")
+    dropout: float = option(0.0, "dropout rate", fraction(low_open=False))
+    init_std: float = option(0.02, "standard deviation of the initial weights", positive())
+    scale_residual_init: bool = option(True, "output projections start with std / sqrt(2 * "
+                                       "num_layers)")
+    scan_layers: bool = option(False, "stack layers and run them with lax.scan (fast compiles)")
+    # Pipeline parallelism (lm/parallel/pipeline.py); the stage count comes from
     # config.mesh.pipeline. With more than one stage the blocks are stacked as [stages, layers]
     # ([repeats, stages, layers] for the circular schedule) whatever scan_layers says.
-    pipeline_stages: int = 1       # S: consecutive groups of layers, one per pipeline shard
-    pipeline_microbatches: int = 0  # M: the batch is split into M microbatches; 0: = stages
-    pipeline_repeats: int = 1      # R: circular schedule when > 1 (each stage holds R layer groups)
-    remat: str = "none"            # none | minimal (save matmul outputs) | full
+    pipeline_stages: int = option(1, "S: consecutive groups of layers, one per pipeline shard "
+                                  "(set from config.mesh.pipeline)", at_least(1))
+    pipeline_microbatches: int = option(0, "M: the batch is split into M microbatches",
+                                        at_least(0, "0: = pipeline_stages"))
+    pipeline_repeats: int = option(1, "R: circular schedule when > 1 (each stage holds R layer "
+                                   "groups)", at_least(1))
+    remat: str = option("none", "none | minimal (save matmul outputs) | full", one_of(*REMATS))
     # auto: jax.nn.dot_product_attention (cuDNN flash attention on GPU) on accelerators, exact
     # einsum-softmax on CPU (faster there) | dot_product | exact
-    attention: str = "auto"
-    dtype: str = "float32"         # compute dtype of activations and matmuls
-    param_dtype: str = "float32"   # master parameters
-
-    @classmethod
-    def from_config(cls, section) -> "ModelConfig":
-        return from_section(cls, section, "config.model").validated()
+    attention: str = option("auto", "attention kernel", one_of(*ATTENTIONS))
+    dtype: str = option("float32", "compute dtype of activations and matmuls", one_of(*DTYPES))
+    param_dtype: str = option("float32", "master parameters", one_of(*DTYPES))
 
     @property
     def encoder_layers(self) -> int:
@@ -94,17 +98,7 @@ class ModelConfig:
         """Consecutive layers a stage runs per pass (per repeat in the circular schedule)."""
         return self.num_layers // (self.pipeline_stages * self.pipeline_repeats)
 
-    def validated(self) -> "ModelConfig":
-        choices = {"arch": ARCHS, "positions": POSITIONS, "norm": NORMS, "mlp": MLPS, "block": BLOCKS,
-                   "remat": REMATS, "attention": ATTENTIONS, "dtype": DTYPES,
-                   "param_dtype": DTYPES}
-        for field, allowed in choices.items():
-            if getattr(self, field) not in allowed:
-                raise ConfigError(f"config.model.{field}={getattr(self, field)!r} is not one of "
-                                  f"{', '.join(allowed)}")
-        for field in ("num_layers", "d_model", "num_heads"):
-            if getattr(self, field) <= 0:
-                raise ConfigError(f"config.model.{field} must be positive, got {getattr(self, field)}")
+    def check(self) -> None:
         if self.num_heads % self.kv_heads:
             raise ConfigError(f"config.model.num_heads={self.num_heads} must be a multiple of "
                               f"num_kv_heads={self.kv_heads}")
@@ -113,20 +107,11 @@ class ModelConfig:
                               f"{self.num_heads}; set config.model.head_dim explicitly")
         if self.positions == "rope" and self.dim_per_head % 2:
             raise ConfigError("config.model.positions='rope' needs an even head_dim")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"config.model.dropout must be in [0, 1), got {self.dropout}")
-        self._validate_pipeline()
-        return self
+        self._check_pipeline()
 
-    def _validate_pipeline(self) -> None:
+    def _check_pipeline(self) -> None:
         stages, repeats, microbatches = (self.pipeline_stages, self.pipeline_repeats,
                                          self.pipeline_microbatches)
-        for field in ("pipeline_stages", "pipeline_repeats"):
-            if getattr(self, field) < 1:
-                raise ConfigError(f"config.model.{field} must be >= 1, got {getattr(self, field)}")
-        if microbatches < 0:
-            raise ConfigError(f"config.model.pipeline_microbatches must be >= 0 (0: = "
-                              f"pipeline_stages), got {microbatches}")
         if repeats > 1 and stages == 1:
             raise ConfigError(f"config.model.pipeline_repeats={repeats} needs "
                               f"pipeline_stages > 1 (the circular schedule runs over stages)")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +14,34 @@ from lm.parallel.axes import constrain
 
 def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Sequence[Optional[str]],
           dtype) -> nnx.Param:
-    """A parameter whose metadata names its axes (resolved to mesh axes by lm.parallel)."""
+    """A parameter whose metadata names its axes (resolved to mesh axes by lm.parallel).
+
+    Draws exactly one key from ``rngs.params``, even for constant initialisers: stacked layers
+    count their parameters to know where each layer's keys start (``keys_drawn``)."""
     if len(shape) != len(axes):
         raise ValueError(f"shape {tuple(shape)} and axes {tuple(axes)} differ in length")
     return nnx.Param(init(rngs.params(), tuple(shape), dtype),
                      out_sharding=tuple(axes), eager_sharding=False)
+
+
+def keys_drawn(make_module: Callable[[nnx.Rngs], nnx.Module]) -> int:
+    """Keys that ``make_module(rngs)`` draws from ``rngs.params``: one per parameter (see
+    ``param``), counted on the abstract module, so nothing is allocated."""
+    abstract = nnx.eval_shape(lambda: make_module(nnx.Rngs(params=0)))
+    return len(jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
+def layer_rngs(rngs: nnx.Rngs, layers: int, keys_per_layer: int) -> nnx.Rngs:
+    """Parameter streams for ``layers`` layers built at once (under ``nnx.vmap``), stacked
+    [layers]: layer l's stream starts where building layers 0 .. l-1 one after another leaves
+    ``rngs.params``, so every layer draws the keys it would get in a list of layers. Moves
+    ``rngs.params`` past all the layers, as building them in turn would."""
+    stream = rngs.params
+    start = stream.count[...]
+    stacked = nnx.Rngs(params=jnp.broadcast_to(stream.key[...], (layers, *stream.key.shape)))
+    stacked.params.count[...] = start + keys_per_layer * jnp.arange(layers, dtype=start.dtype)
+    stream.count[...] = start + keys_per_layer * layers
+    return stacked
 
 
 def fold(rng: Optional[jax.Array], i: int) -> Optional[jax.Array]:

@@ -7,7 +7,9 @@ x + attn(n(x)) + mlp(n(x))). Layers are a list, or stacked on a leading 'layers'
 with ``lax.scan`` (``scan_layers``) so that compile time does not grow with depth, or, with
 ``pipeline_stages`` > 1, stacked [stages, layers] ([repeats, stages, layers] when circular) and
 run by the pipeline schedule of ``lm/parallel/pipeline.py``. Every way a block runs through one
-pure function of (block state, x), so remat applies identically.
+pure function of (block state, x), so remat applies identically, and every form starts from the
+same weights for a seed (layer l of a stack holds the values of the list's block l), so layouts
+compare with the plain one-device model.
 
 Decoding (lm/infer/decode.py) goes through the protocol of lm/models/decoding.py (``init_cache``,
 ``prefill``, ``decode_step``), which calls ``decode`` with a key/value cache stacked on a leading
@@ -29,7 +31,7 @@ from lm.models import positions as pos
 from lm.models.attention import Attention, CacheStep
 from lm.models.config import ModelConfig
 from lm.models.decoding import SlotCache
-from lm.models.layers import MLP, Dense, Embed, Norm, dropout, param
+from lm.models.layers import MLP, Dense, Embed, Norm, dropout, keys_drawn, layer_rngs, param
 from lm.parallel.axes import constrain
 from lm.parallel.pipeline import pipeline_apply
 
@@ -83,12 +85,16 @@ class Block(nnx.Module):
 
 
 def make_stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs, count: int = 0, block_cls=Block):
-    """``count`` (default num_layers) blocks whose parameters share a leading axis 'layers'."""
-    @nnx.split_rngs(splits=count or cfg.num_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-    def make(block_rngs):
+    """``count`` (default num_layers) blocks whose parameters share a leading axis 'layers'.
+
+    Built at once under vmap, with the initial values of the list ``[block_cls(cfg, rngs) for _
+    in range(count)]`` stacked: layer l draws the keys it would draw as the l-th of the list, so
+    a scanned or pipelined model starts where the one with a list of layers does."""
+    def make_block(block_rngs):
         return block_cls(cfg, block_rngs)
-    return make(rngs)
+    make_stack = nnx.vmap(make_block, in_axes=(0,), out_axes=0,
+                          transform_metadata={nnx.PARTITION_NAME: "layers"})
+    return make_stack(layer_rngs(rngs, count or cfg.num_layers, keys_drawn(make_block)))
 
 
 def scan_blocks(apply_block, stacked_state, x, num_layers: int):
@@ -151,10 +157,18 @@ def _pipeline_lead(cfg: ModelConfig) -> tuple[tuple[int, ...], tuple[str, ...]]:
     return lead, names
 
 
+def block_stack_axes(cfg: ModelConfig) -> int:
+    """Leading axes that stack the blocks' parameters: 0 (a list of blocks), 1 ([L],
+    scan_layers), 2 ([S, Lp], pipelined) or 3 ([R, S, Lp], circular)."""
+    if cfg.pipelined:
+        return len(_pipeline_lead(cfg)[0])
+    return 1 if cfg.scan_layers else 0
+
+
 def _make_pipelined_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
-    """The stacked blocks (same initial values) with layer l = (r*S + s)*Lp + j moved to
-    [s, j] ('stage', 'layers', ...) or, circular, to [r, s, j] ('circular_repeats', 'stage',
-    'layers', ...): a plain reshape of the leading axis."""
+    """The stacked blocks (the initial values of the list) with layer l = (r*S + s)*Lp + j
+    moved to [s, j] ('stage', 'layers', ...) or, circular, to [r, s, j] ('circular_repeats',
+    'stage', 'layers', ...): a plain reshape of the leading axis."""
     blocks = make_stacked_blocks(cfg, rngs)
     lead, names = _pipeline_lead(cfg)
     for _, node in nnx.iter_graph(blocks):
@@ -168,7 +182,7 @@ def _make_pipelined_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
 
 def _pipeline_to_layer_stack(stacked_state, cfg: ModelConfig):
     """[S, Lp, ...] or [R, S, Lp, ...] -> [L, ...]; layer l keeps its index."""
-    lead = len(_pipeline_lead(cfg)[0])
+    lead = block_stack_axes(cfg)
     return jax.tree.map(lambda w: w.reshape(cfg.num_layers, *w.shape[lead:]), stacked_state)
 
 

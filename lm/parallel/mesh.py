@@ -15,34 +15,41 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from lm.configlib import ConfigError, from_section
+from lm.configlib import ConfigError, Section, at_least, one_of, option, rule
+from lm.parallel.rules import LAYOUTS
 
 AXES = ("pipeline", "data", "fsdp", "sequence", "tensor")
 
 
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-    data: int = -1       # pure data parallelism (replicated parameters)
-    fsdp: int = 1        # fully sharded data parallelism: batch and parameters both sharded
-    tensor: int = 1      # Megatron-style tensor parallelism over heads / mlp / vocab
-    sequence: int = 1    # context parallelism: activations split along the sequence
-    pipeline: int = 1    # pipeline stages (layers split across devices)
-    dcn_data: int = 1    # the same axes across slices / hosts (multiplies the ICI size)
-    dcn_fsdp: int = 1
-    dcn_tensor: int = 1
-    dcn_sequence: int = 1
-    dcn_pipeline: int = 1
-    rules: str = "standard"  # layout preset, see lm/parallel/rules.py
+def _axis(doc: str, default: int = 1):
+    return option(default, doc, rule(lambda v: v == -1 or v >= 1, "must be a positive size or -1 "
+                               "(fill the remaining devices)", 0))
 
-    @classmethod
-    def from_config(cls, section) -> "MeshConfig":
-        cfg = from_section(cls, section, "config.mesh")
-        from lm.parallel.rules import layout
-        layout(cfg.rules)  # validates the name
-        for axis in AXES:
-            if getattr(cfg, f"dcn_{axis}") < 1:
-                raise ConfigError(f"config.mesh.dcn_{axis} must be >= 1")
-        return cfg
+
+def _dcn_axis():
+    return option(1, "the same axis across slices / hosts (multiplies the ICI size)", at_least(1))
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig(Section):
+    where = "config.mesh"
+    data: int = _axis("pure data parallelism (replicated parameters)", default=-1)
+    fsdp: int = _axis("fully sharded data parallelism: batch and parameters both sharded")
+    tensor: int = _axis("Megatron-style tensor parallelism over heads / mlp / vocab")
+    sequence: int = _axis("context parallelism: activations split along the sequence")
+    pipeline: int = _axis("pipeline stages (layers split across devices)")
+    dcn_data: int = _dcn_axis()
+    dcn_fsdp: int = _dcn_axis()
+    dcn_tensor: int = _dcn_axis()
+    dcn_sequence: int = _dcn_axis()
+    dcn_pipeline: int = _dcn_axis()
+    rules: str = option("standard", "layout preset (lm/parallel/rules.py)", one_of(*LAYOUTS))
+
+    def check(self) -> None:
+        fill = [f"config.mesh.{axis}" for axis in AXES if getattr(self, axis) == -1]
+        if len(fill) > 1:
+            raise ConfigError(f"only one mesh axis may be -1 (fill), got {', '.join(fill)}; give "
+                              f"the others a size")
 
     def dcn_shape(self) -> dict[str, int]:
         return {axis: getattr(self, f"dcn_{axis}") for axis in AXES}
@@ -55,12 +62,7 @@ class MeshConfig:
                               f"{num_devices} available devices")
         per_slice = num_devices // dcn
         sizes = {axis: getattr(self, axis) for axis in AXES}
-        for axis, size in sizes.items():
-            if size == 0 or size < -1:
-                raise ConfigError(f"config.mesh.{axis}={size}: use a positive size or -1 (fill)")
         fill = [axis for axis, size in sizes.items() if size == -1]
-        if len(fill) > 1:
-            raise ConfigError(f"config.mesh: only one axis may be -1, got {', '.join(fill)}")
         fixed = math.prod(size for size in sizes.values() if size != -1)
         where = f"{per_slice} devices per slice" if dcn > 1 else f"{num_devices} available devices"
         if fill:

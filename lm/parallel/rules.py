@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Union
 
+from lm.configlib import ConfigError
+
 MeshAxes = Union[None, str, tuple[str, ...]]
 Rules = tuple[tuple[str, MeshAxes], ...]
 
@@ -93,7 +95,6 @@ LAYOUTS = {
 
 
 def layout(name: str) -> Layout:
-    from lm.configlib import ConfigError
     if name not in LAYOUTS:
         raise ConfigError(f"config.mesh.rules={name!r} is not one of {', '.join(LAYOUTS)}")
     return LAYOUTS[name]

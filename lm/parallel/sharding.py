@@ -1,6 +1,8 @@
 """Shardings for parameter trees and batches, from the logical names the model declares."""
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 import jax
@@ -8,6 +10,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lm.parallel.axes import STANDARD_RULES, Rules, logical_to_spec
+
+log = logging.getLogger("lm.parallel")
 
 
 def _is_spec(x) -> bool:
@@ -20,10 +24,50 @@ def logical_specs(state: nnx.State) -> dict:
 
 
 def param_shardings(state: nnx.State, mesh: Mesh, rules: Rules = STANDARD_RULES) -> dict:
-    """NamedSharding per parameter, resolved through the rules table."""
+    """NamedSharding per parameter, resolved through the rules table.
+
+    The one rule for a dimension that does not divide its mesh axes (for every logical axis:
+    heads, kv_heads, mlp, vocab, embed, ...): the axis is replicated there, with a warning."""
+    undivided: dict[tuple, int] = {}
+
     def sharding(spec, leaf):
-        return NamedSharding(mesh, logical_to_spec(tuple(spec), rules, mesh, leaf.shape))
-    return jax.tree.map(sharding, logical_specs(state), state.to_pure_dict(), is_leaf=_is_spec)
+        names = tuple(spec)
+        for key in _undivided(names, leaf.shape, rules, mesh):
+            undivided[key] = undivided.get(key, 0) + 1
+        return NamedSharding(mesh, logical_to_spec(names, rules, mesh, leaf.shape))
+    shardings = jax.tree.map(sharding, logical_specs(state), state.to_pure_dict(), is_leaf=_is_spec)
+    for (name, dim, axes), count in sorted(undivided.items()):
+        _warn_once(f"the logical axis {name!r} (size {dim}) does not divide over the mesh axes "
+                   f"{axes} ({_ways(mesh, axes)} ways): replicated there in {count} parameter(s) "
+                   f"(each of those devices holds a whole copy)")
+    return shardings
+
+
+def _undivided(names, shape, rules: Rules, mesh: Mesh) -> list[tuple[str, int, tuple]]:
+    """(logical name, dimension, mesh axes) where the rules shard a dimension that the mesh
+    axes do not divide."""
+    wanted = logical_to_spec(names, rules, mesh)
+    kept = logical_to_spec(names, rules, mesh, shape)
+    found = []
+    for name, dim, want, got in zip(names, shape, wanted, kept):
+        want = (want,) if isinstance(want, str) else tuple(want or ())
+        got = (got,) if isinstance(got, str) else tuple(got or ())
+        if want != got:
+            found.append((name, dim, tuple(a for a in want if a not in got)))
+    return found
+
+
+def _ways(mesh: Mesh, axes: tuple) -> int:
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
 
 
 def batch_sharding(mesh: Mesh, rules: Rules = STANDARD_RULES) -> NamedSharding:

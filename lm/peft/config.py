@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from lm.configlib import ConfigError, from_section
+from lm.configlib import ConfigError, Section, at_least, fraction, one_of, option, positive, rule
 
 # none: no PEFT (pretraining: every parameter trains); full: full fine-tuning (every parameter
 # trains, started from a base checkpoint); lora / adapter / prefix / prompt: only the method's
@@ -28,22 +28,38 @@ DEFAULT_LORA_TARGETS = r".*attention/(query|key|value|out)/kernel"
 TEXT_INIT = "text:"
 
 
-@dataclasses.dataclass(frozen=True)
-class PeftConfig:
-    method: str = "none"          # none | full | lora | adapter | prefix | prompt
-    lora_rank: int = 8            # r: A is [in, r], B is [r, out]
-    lora_alpha: float = 16.0      # the update is scaled by alpha / r
-    lora_dropout: float = 0.0     # dropout on the LoRA branch's input (training only)
-    lora_targets: str = DEFAULT_LORA_TARGETS  # regex over dense kernel paths (see above)
-    adapter_dim: int = 16         # bottleneck width of each Houlsby adapter
-    prefix_length: int = 8        # learned key/value slots per layer
-    prefix_hidden: int = 0        # > 0: prefixes from an MLP of this width (Li & Liang); 0: direct
-    prompt_length: int = 8        # soft-prompt embeddings prepended to every input
-    prompt_init: str = "vocab"    # vocab (random token embeddings) | text:<text> (its embeddings)
+def _is_regex(text) -> bool:
+    try:
+        re.compile(text)
+        return True
+    except re.error:
+        return False
 
-    @classmethod
-    def from_config(cls, section, where: str = "config.peft") -> "PeftConfig":
-        return from_section(cls, section, where).validated(where)
+
+def _is_prompt_init(text) -> bool:
+    return text == "vocab" or (text.startswith(TEXT_INIT) and len(text) > len(TEXT_INIT))
+
+
+@dataclasses.dataclass(frozen=True)
+class PeftConfig(Section):
+    where = "config.peft"
+    method: str = option("none", "none | full | lora | adapter | prefix | prompt (above)",
+                         one_of(*METHODS))
+    lora_rank: int = option(8, "r: A is [in, r], B is [r, out]", at_least(1))
+    lora_alpha: float = option(16.0, "the update is scaled by alpha / r", positive())
+    lora_dropout: float = option(0.0, "dropout on the LoRA branch's input (training only)",
+                                 fraction(low_open=False))
+    lora_targets: str = option(DEFAULT_LORA_TARGETS, "regex over dense kernel paths (above)",
+                               rule(_is_regex, "is not a regular expression", "(unclosed"))
+    adapter_dim: int = option(16, "bottleneck width of each Houlsby adapter", at_least(1))
+    prefix_length: int = option(8, "learned key/value slots per layer", at_least(1))
+    prefix_hidden: int = option(0, "> 0: prefixes from an MLP of this width (Li & Liang)",
+                                at_least(0, "0: learned directly"))
+    prompt_length: int = option(8, "soft-prompt embeddings prepended to every input",
+                                at_least(1))
+    prompt_init: str = option("vocab", "vocab (random token embeddings) | text:<text> (its "
+                              "embeddings)", rule(_is_prompt_init, f"must be 'vocab' or "
+                                                  f"'{TEXT_INIT}<some text>'", "text:"))
 
     @property
     def trains_everything(self) -> bool:
@@ -62,29 +78,6 @@ class PeftConfig:
     def prompt_text(self) -> str:
         """The text of ``prompt_init='text:<text>'`` ('' for 'vocab')."""
         return self.prompt_init[len(TEXT_INIT):] if self.prompt_init.startswith(TEXT_INIT) else ""
-
-    def validated(self, where: str = "config.peft") -> "PeftConfig":
-        if self.method not in METHODS:
-            raise ConfigError(f"{where}.method={self.method!r} is not one of {', '.join(METHODS)}")
-        for field in ("lora_rank", "adapter_dim", "prefix_length", "prompt_length"):
-            if getattr(self, field) < 1:
-                raise ConfigError(f"{where}.{field} must be >= 1, got {getattr(self, field)}")
-        if self.prefix_hidden < 0:
-            raise ConfigError(f"{where}.prefix_hidden must be >= 0 (0: no reparameterization), "
-                              f"got {self.prefix_hidden}")
-        if self.lora_alpha <= 0:
-            raise ConfigError(f"{where}.lora_alpha must be positive, got {self.lora_alpha}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ConfigError(f"{where}.lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        try:
-            re.compile(self.lora_targets)
-        except re.error as e:
-            raise ConfigError(f"{where}.lora_targets={self.lora_targets!r} is not a regular "
-                              f"expression: {e}") from None
-        if self.prompt_init != "vocab" and not (self.prompt_init.startswith(TEXT_INIT) and self.prompt_text):
-            raise ConfigError(f"{where}.prompt_init={self.prompt_init!r}: use 'vocab' or "
-                              f"'{TEXT_INIT}<some text>'")
-        return self
 
     def check_model(self, model, where: str = "config.peft") -> None:
         """Refuses a method the model cannot carry (``model`` is the ModelConfig)."""

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from lm.configlib import ConfigError
 from lm.fileio import write_atomically
 from lm.models.config import ModelConfig
 from lm.peft.config import PeftConfig
@@ -215,8 +216,14 @@ def load_adapter(path: str) -> tuple[dict, PeftConfig]:
             leaf_path = tuple(entry["path"])
             leaf_path = leaf_path if version > 1 else _version_1_path(leaf_path)
             _insert(adapter, leaf_path, array.view(dtype).reshape(entry["shape"]))
-    peft = PeftConfig(**metadata["peft"]).validated(f"{path}: peft")
-    return adapter, peft
+    return adapter, _saved_peft(metadata["peft"], path)
+
+
+def _saved_peft(section: dict, path: str) -> PeftConfig:
+    try:
+        return PeftConfig(**section)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: the saved PEFT settings are invalid: {e}") from None
 
 
 def _version_1_path(path: Path) -> Path:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import csv
 import datetime
+import io
 import math
 import os
 import platform
 from typing import Any, Sequence
 
+from lm.fileio import save_figure, write_atomically
 from lm.sweep.spec import Plot, Sweep
 
 
@@ -69,13 +71,12 @@ def markdown_table(columns: Sequence[str], rows: list[dict]) -> str:
 
 
 def write_csv(path: str, columns: Sequence[str], rows: list[dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")  # the csv module writes its own line endings
+    writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
+    write_atomically(path, text.getvalue())
 
 
 def machine_description() -> str:
@@ -148,7 +149,7 @@ def draw_plot(plot: Plot, rows: list[dict], path: str) -> bool:
     ax.set_title(plot.heading)
     ax.grid(alpha=0.3, axis="y" if plot.kind == "bar" else "both")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 
@@ -183,8 +184,5 @@ def write_report(sweep: Sweep, workdir: str, rows: list[dict], command: str = ""
               if draw_plot(plot, rows, os.path.join(workdir, plot.filename))]
     extra = sweep.analysis(rows, workdir) if sweep.analysis else ""
     text = markdown_report(sweep, rows, command, table, images, extra or "")
-    tmp = os.path.join(workdir, "results.md.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(workdir, "results.md"))
+    write_atomically(os.path.join(workdir, "results.md"), text)
     return table

@@ -4,6 +4,10 @@
     <workdir>/<variant>/result.json   status, overrides, metrics, wall_seconds (written last)
     <workdir>/results.{csv,md}, <plot>.png
 
+A variant's config is the base config, then the variant's own overrides, then the overrides
+given for every variant (``launch.sweep --set``), which therefore win over the variant's own;
+an evaluation's overrides go on top of its variant's config.
+
 Everything is checked before the first variant starts: override keys and types, runner names
 and each runner's own validation of every variant's (and every evaluation's) config.
 """
@@ -22,6 +26,7 @@ from typing import Any, Callable, Mapping, Optional
 import ml_collections
 
 from lm.configlib import ConfigError
+from lm.fileio import write_atomically
 from lm.sweep import report
 from lm.sweep.overrides import apply_overrides, current_value
 from lm.sweep.registry import Runner, get_runner
@@ -41,6 +46,16 @@ class PlannedVariant:
     @property
     def name(self) -> str:
         return self.variant.name
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The variant's override keys with the values it runs with: an override given for every
+        variant (--set) replaces the variant's own, and the results table must show that."""
+        return {key: _plain_value(current_value(self.config, key)) for key in self.variant.overrides}
+
+
+def _plain_value(value: Any) -> Any:
+    return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
 
 
 @dataclasses.dataclass
@@ -76,28 +91,53 @@ def _check_structure(sweep: Sweep) -> None:
                               f"not one of {', '.join(PLOT_KINDS)}")
 
 
+def _overridden(config, overrides: Mapping[str, Any], where: str):
+    """``config`` with ``overrides``; errors (unknown key, wrong type) start with ``where``."""
+    try:
+        return apply_overrides(config, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
 def _configured(base, overrides: Mapping[str, Any], runner: Runner, where: str):
     """``base`` with ``overrides``, checked by the runner; errors start with ``where``."""
+    config = _overridden(base, overrides, where)
     try:
-        config = apply_overrides(base, overrides)
         runner.validate(config)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     return config
 
 
-def plan(sweep: Sweep, base_overrides: Optional[Mapping[str, Any]] = None) -> list[PlannedVariant]:
-    """Every variant's config, checked; raises ConfigError naming the variant and the key."""
+def base_with(sweep: Sweep, common_overrides: Optional[Mapping[str, Any]]) -> ml_collections.ConfigDict:
+    """The base config with the overrides for every variant: checks their keys and types once,
+    against the base, so that a typo in --set is named as such."""
+    return _overridden(sweep.base, common_overrides or {}, f"sweep {sweep.name!r}: --set")
+
+
+def variant_config(sweep: Sweep, variant: Variant, common_overrides: Optional[Mapping[str, Any]],
+                   runner: Runner) -> ml_collections.ConfigDict:
+    """The config a variant runs with: the base, the variant's own overrides, then
+    ``common_overrides`` (--set), which win; checked by the variant's runner."""
+    where = _where(sweep, variant)
+    own = _overridden(sweep.base, variant.overrides, where)
+    return _configured(own, common_overrides or {}, runner, where)
+
+
+def _where(sweep: Sweep, variant: Variant) -> str:
+    return f"sweep {sweep.name!r}, variant {variant.name!r}"
+
+
+def plan(sweep: Sweep, common_overrides: Optional[Mapping[str, Any]] = None) -> list[PlannedVariant]:
+    """Every variant's config, checked; raises ConfigError naming the variant and the key.
+    ``common_overrides`` (launch.sweep's --set) apply to every variant after its own overrides."""
     _check_structure(sweep)
-    try:
-        base = apply_overrides(sweep.base, base_overrides or {})
-    except ConfigError as e:
-        raise ConfigError(f"sweep {sweep.name!r}: --set: {e}") from None
+    base_with(sweep, common_overrides)
     planned = []
     for variant in sweep.variants:
         runner = get_runner(variant.runner)
-        where = f"sweep {sweep.name!r}, variant {variant.name!r}"
-        config = _configured(base, variant.overrides, runner, where)
+        where = _where(sweep, variant)
+        config = variant_config(sweep, variant, common_overrides, runner)
         evals = []
         if runner.evaluate is not None:
             evals = [(e, _configured(config, e.overrides, runner, f"{where}, eval {e.label!r}"))
@@ -121,11 +161,8 @@ def read_result(directory: str) -> Optional[dict]:
 
 def write_result(directory: str, record: dict) -> None:
     """Writes result.json atomically: a reader sees the old file or the whole new one."""
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, RESULT_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, os.path.join(directory, RESULT_FILE))
+    write_atomically(os.path.join(directory, RESULT_FILE),
+                     json.dumps(record, indent=2, sort_keys=True, default=str))
 
 
 def _plain(value: Any) -> Any:
@@ -145,16 +182,14 @@ def _train_and_evaluate(item: PlannedVariant, directory: str) -> dict:
 def run_variant(item: PlannedVariant, directory: str) -> dict:
     """Runs one variant and returns its record; a crash is recorded, not raised."""
     record = {"name": item.name, "runner": item.variant.runner,
-              "overrides": dict(item.variant.overrides), "config_digest": config_digest(item.config)}
+              "overrides": item.overrides, "config_digest": config_digest(item.config)}
     start = time.perf_counter()
     try:
         record.update(status="ok", metrics=_train_and_evaluate(item, directory))
     except Exception as e:  # noqa: BLE001 - one failed variant must not stop the sweep
         trace = traceback.format_exc()
         print(trace, file=sys.stderr, flush=True)
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "error.txt"), "w") as f:
-            f.write(trace)
+        write_atomically(os.path.join(directory, "error.txt"), trace)
         record.update(status="failed", metrics={}, error=f"{type(e).__name__}: {e}")
     record["wall_seconds"] = time.perf_counter() - start
     return record
@@ -204,28 +239,32 @@ def _finished(item: PlannedVariant, directory: str, echo: Callable[[str], None],
 
 
 def describe_plan(planned: list[PlannedVariant], workdir: str, base) -> str:
-    """What --dry_run prints: the base config, then each variant's overrides and directory."""
+    """What --dry_run prints: the base config (with --set), then each variant's overrides, as it
+    runs with them, and directory."""
     lines = ["base config:", str(base).rstrip(), ""]
     for index, item in enumerate(planned, 1):
         directory = os.path.join(workdir, item.directory) if workdir else item.directory
         state = " (finished)" if workdir and (read_result(directory) or {}).get("status") == "ok" else ""
         lines.append(f"[{index}/{len(planned)}] {item.name} (runner {item.variant.runner}) -> "
                      f"{directory}{state}")
-        for key, value in item.variant.overrides.items():
-            lines.append(f"    {key} = {value!r}")
+        for key, value in item.overrides.items():
+            own = item.variant.overrides[key]
+            replaced = f" (--set; the variant's own: {own!r})" if _plain_value(own) != value else ""
+            lines.append(f"    {key} = {value!r}{replaced}")
         for evaluation, _ in item.evals:
             lines.append(f"    eval {evaluation.label}: {dict(evaluation.overrides)}")
     return "\n".join(lines)
 
 
-def run_sweep(sweep: Sweep, workdir: str, base_overrides: Optional[Mapping[str, Any]] = None,
+def run_sweep(sweep: Sweep, workdir: str, common_overrides: Optional[Mapping[str, Any]] = None,
               command: str = "", dry_run: bool = False,
               echo: Callable[[str], None] = lambda line: print(line, flush=True)
               ) -> Optional[SweepOutcome]:
-    """Checks the whole sweep, runs the unfinished variants, writes the report; dry_run only lists."""
-    planned = plan(sweep, base_overrides)
+    """Checks the whole sweep, runs the unfinished variants, writes the report; dry_run only lists.
+    ``common_overrides`` (--set) apply to every variant, after the variant's own overrides."""
+    planned = plan(sweep, common_overrides)
     if dry_run:
-        echo(describe_plan(planned, workdir, apply_overrides(sweep.base, base_overrides or {})))
+        echo(describe_plan(planned, workdir, base_with(sweep, common_overrides)))
         return None
     os.makedirs(workdir, exist_ok=True)
     records = []

@@ -6,38 +6,35 @@ import math
 
 import jax
 
-from lm.configlib import ConfigError, from_section
+from lm.configlib import ConfigError, Section, at_least, option
 from lm.data import pipeline as data_lib
 from lm.models.config import ModelConfig
 from lm.parallel import MeshConfig
 from lm.peft.config import PeftConfig
-from lm.parallel.rules import layout as named_layout
 from lm.train.optimizer import OptimizerConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 2000               # optimizer updates
-    eval_every: int = 250           # validation loss (and samples) every N steps and at the end
-    checkpoint_every: int = 500     # and at the end
-    keep_checkpoints: int = 3
-    async_checkpoint: bool = True   # write checkpoints in the background
-    log_every: int = 50             # train metrics to metrics.jsonl / TensorBoard
-    grad_accum_steps: int = 1       # microbatches per step (batch_size must divide by it)
-    z_loss: float = 0.0             # PaLM uses 1e-4
-    sample_tokens: int = 200        # characters/tokens generated at each eval (0: none)
-    sample_prompt: str = "\n"
-    sample_temperature: float = 0.8
-    sample_top_k: int = 0
-    progress: bool = True           # progress bar with ETA
-
-    @classmethod
-    def from_config(cls, section) -> "TrainConfig":
-        cfg = from_section(cls, section, "config.train")
-        for field in ("steps", "eval_every", "checkpoint_every", "log_every", "grad_accum_steps"):
-            if getattr(cfg, field) <= 0:
-                raise ConfigError(f"config.train.{field} must be positive, got {getattr(cfg, field)}")
-        return cfg
+class TrainConfig(Section):
+    where = "config.train"
+    steps: int = option(2000, "optimizer updates", at_least(1))
+    eval_every: int = option(250, "validation loss (and a sample) every N steps and at the end",
+                             at_least(1))
+    checkpoint_every: int = option(500, "checkpoint every N steps and at the end; resumed "
+                                   "automatically", at_least(1))
+    keep_checkpoints: int = option(3, "older checkpoints are deleted", at_least(1))
+    async_checkpoint: bool = option(True, "write checkpoints in the background")
+    log_every: int = option(50, "train metrics to metrics.jsonl / TensorBoard every N steps",
+                            at_least(1))
+    grad_accum_steps: int = option(1, "microbatches per step (config.data.batch_size must "
+                                   "divide by it)", at_least(1))
+    z_loss: float = option(0.0, "PaLM's auxiliary z_loss * log(Z)^2 (PaLM: 1e-4)", at_least(0))
+    sample_tokens: int = option(200, "characters/tokens generated at each evaluation",
+                                at_least(0, "0: none"))
+    sample_prompt: str = option("\n", "sampling starts from this text", escapes=True)
+    sample_temperature: float = option(0.8, "0: greedy", at_least(0))
+    sample_top_k: int = option(0, "sample from the k most likely tokens", at_least(0, "0: all"))
+    progress: bool = option(True, "progress bar with ETA")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,17 +53,8 @@ class Experiment:
     def from_config(cls, config) -> "Experiment":
         data = data_lib.DataConfig.from_config(config.data)
         mesh = MeshConfig.from_config(config.mesh)
-        # Validated only after the derived fields (vocabulary size, stage count) are filled in.
-        model = _model_config(config)
-        needed = data_lib.vocab_size(data)
-        if model.vocab_size == 0:
-            model = dataclasses.replace(model, vocab_size=needed)
-        elif model.vocab_size < needed:
-            raise ConfigError(f"config.model.vocab_size={model.vocab_size} is smaller than the data's "
-                              f"{needed} ids (vocabulary plus the objective's sentinel / MASK ids); "
-                              f"set it to 0 to take it from the data")
-        model = _with_pipeline_stages(model, mesh).validated()
-        peft = peft_config(config)
+        model = resolve_model(ModelConfig.from_config(config.model), data, mesh)
+        peft = PeftConfig.from_config(config.get("peft"))
         peft.check_model(model)
         _check_architecture(model, data, peft)
         return cls(model=model, data=data,
@@ -75,25 +63,17 @@ class Experiment:
                    peft=peft)
 
 
-def _model_config(config) -> ModelConfig:
-    """config.model, without the ``peft`` entry that workdirs saved before PEFT moved out of
-    the model section carry in it (``peft_config`` reads that)."""
-    from lm.configlib import _as_mapping
-
-    section = dict(_as_mapping(config.model))
-    section.pop("peft", None)
-    return from_section(ModelConfig, section, "config.model")
-
-
-def peft_config(config) -> PeftConfig:
-    """config.peft; for a workdir saved before it moved out of the model section, the ``peft``
-    entry nested in config.model (config.peft wins when both are given)."""
-    from lm.configlib import _as_mapping
-
-    peft = config.get("peft")
-    if peft is None:
-        peft = dict(_as_mapping(config.model)).get("peft")
-    return from_section(PeftConfig, peft, "config.peft").validated()
+def resolve_model(model: ModelConfig, data: data_lib.DataConfig, mesh: MeshConfig) -> ModelConfig:
+    """The one step that fills the model's derived fields: the vocabulary size from the data
+    (when 0) and the pipeline stage count from the mesh."""
+    needed = data_lib.vocab_size(data)
+    if model.vocab_size == 0:
+        model = dataclasses.replace(model, vocab_size=needed)
+    elif model.vocab_size < needed:
+        raise ConfigError(f"config.model.vocab_size={model.vocab_size} is smaller than the data's "
+                          f"{needed} ids (vocabulary plus the objective's sentinel / MASK ids); "
+                          f"set it to 0 to take it from the data")
+    return _with_pipeline_stages(model, mesh)
 
 
 def _check_architecture(model: ModelConfig, data: data_lib.DataConfig, peft: PeftConfig) -> None:
@@ -144,20 +124,34 @@ def _mesh_size(mesh, axes) -> int:
 
 
 def _check_microbatches(exp: Experiment, batch_ways: int) -> None:
-    per_step = exp.data.batch_size // exp.train.grad_accum_steps
+    """Every pipeline microbatch must split evenly over the batch axes of the mesh; the advice
+    lists the microbatch counts and batch sizes that would work."""
+    accum, stages = exp.train.grad_accum_steps, exp.model.pipeline_stages
+    per_step = exp.data.batch_size // accum
     micro = exp.model.microbatches
-    if per_step % micro:
-        raise ConfigError(f"config.model.pipeline_microbatches={micro} does not divide the batch of "
-                          f"{per_step} rows per step (config.data.batch_size / "
-                          f"config.train.grad_accum_steps)")
-    if (per_step // micro) % batch_ways:
-        raise ConfigError(f"each of the {micro} pipeline microbatches has {per_step // micro} rows, "
-                          f"not divisible by the batch axes of the mesh ({batch_ways} ways); raise "
-                          f"config.data.batch_size or lower config.model.pipeline_microbatches")
+    if per_step % micro == 0 and (per_step // micro) % batch_ways == 0:
+        return
+    counts = [m for m in range(stages, per_step + 1)
+              if per_step % m == 0 and (per_step // m) % batch_ways == 0]
+    fixes = [f"config.data.batch_size a multiple of {micro * batch_ways * accum} (e.g. "
+             f"{_next_multiple(exp.data.batch_size, micro * batch_ways * accum)})"]
+    if counts:
+        fixes.insert(0, f"config.model.pipeline_microbatches in {counts}")
+    raise ConfigError(f"config.model.pipeline_microbatches={micro} splits the {per_step} rows per "
+                      f"step (config.data.batch_size / config.train.grad_accum_steps) into "
+                      f"microbatches that do not divide over the batch axes of the mesh "
+                      f"({batch_ways} ways; at least {stages} microbatches, one per stage); use "
+                      + " or ".join(fixes))
+
+
+def _next_multiple(value: int, step: int) -> int:
+    return -(-value // step) * step
 
 
 def check_layout(exp: Experiment, mesh, batch_sharding) -> None:
-    """Batch, sequence and heads must divide by the mesh axes that split them; names the fields."""
+    """Batch and sequence must divide by the mesh axes that split them; names the fields. (A
+    model dimension that does not divide its mesh axes is replicated there, with a warning:
+    lm.parallel.sharding.param_shardings.)"""
     ways = _mesh_size(mesh, batch_sharding.spec[0])
     batch, accum = exp.data.batch_size, exp.train.grad_accum_steps
     if batch % accum:
@@ -175,9 +169,3 @@ def check_layout(exp: Experiment, mesh, batch_sharding) -> None:
     if exp.data.seq_len % mesh.shape["sequence"]:
         raise ConfigError(f"config.data.seq_len={exp.data.seq_len} is not divisible by "
                           f"config.mesh.sequence={mesh.shape['sequence']}")
-    tensor = mesh.shape["tensor"]
-    if tensor > 1 and dict(named_layout(exp.mesh.rules).params).get("heads") == "tensor" \
-            and exp.model.num_heads % tensor:
-        raise ConfigError(f"config.model.num_heads={exp.model.num_heads} is not divisible by "
-                          f"config.mesh.tensor={tensor}; choose a tensor size that divides the "
-                          f"heads")

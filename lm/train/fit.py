@@ -20,6 +20,7 @@ import jax
 from tqdm.auto import tqdm
 
 from lm.data.loader import Prefetcher, to_global
+from lm.fileio import append_text
 from lm.train import hardware
 from lm.train.checkpoint import Checkpointer
 from lm.train.metrics import MetricsWriter
@@ -142,7 +143,6 @@ class SampleHook:
         text = trainer.sample(state.params, seed=step)
         if jax.process_index() == 0:
             writer.write_text(step, "samples", text)
-            with open(os.path.join(trainer.workdir, "samples.txt"), "a") as f:
-                f.write(f"=== step {step} ===\n{text}\n\n")
+            append_text(os.path.join(trainer.workdir, "samples.txt"), f"=== step {step} ===\n{text}\n\n")
             bar.write(f"--- sample at step {step} ---\n{text}\n---")
         return {}

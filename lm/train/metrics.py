@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from lm.fileio import append_text
 from lm.models.config import ModelConfig
 
 
@@ -49,8 +50,7 @@ class MetricsWriter:
     def write(self, step: int, scalars: Mapping[str, Any]) -> dict:
         row = {"step": int(step), **{k: _scalar(v) for k, v in scalars.items()}}
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_text(self.path, json.dumps(row) + "\n")
             if self._tb is not None:
                 for key, value in row.items():
                     if key != "step":

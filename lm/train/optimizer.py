@@ -2,41 +2,39 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from lm.configlib import ConfigError, from_section
+from lm.configlib import Section, at_least, fraction, one_of, option, positive
+
+
+NAMES = ("adamw", "adafactor")
+SCHEDULES = ("cosine", "rsqrt", "constant")
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    name: str = "adamw"          # adamw | adafactor
-    lr: float = 1e-3             # peak learning rate
-    schedule: str = "cosine"     # cosine (warmup, then cosine to min_lr) | rsqrt | constant
-    warmup_steps: int = 100
-    decay_steps: int = 0         # 0: the run's train.steps
-    min_lr: float = 1e-4         # cosine: final learning rate
-    b1: float = 0.9
-    b2: float = 0.99             # adamw second-moment decay
-    eps: float = 1e-8
-    weight_decay: float = 0.1    # decoupled (AdamW), applied to matrices only (see decay_mask)
-    clip_norm: float = 1.0       # global-norm clipping; 0 disables
-    adafactor_decay: float = 0.8  # adafactor: beta2 = 1 - step^-decay (PaLM)
-    adafactor_factored: bool = False  # PaLM: unfactored second moments
-
-    @classmethod
-    def from_config(cls, section) -> "OptimizerConfig":
-        cfg = from_section(cls, section, "config.optimizer")
-        if cfg.name not in ("adamw", "adafactor"):
-            raise ConfigError(f"config.optimizer.name={cfg.name!r}: use 'adamw' or 'adafactor'")
-        if cfg.schedule not in ("cosine", "rsqrt", "constant"):
-            raise ConfigError(f"config.optimizer.schedule={cfg.schedule!r}: use cosine, rsqrt or constant")
-        if cfg.lr <= 0:
-            raise ConfigError(f"config.optimizer.lr must be positive, got {cfg.lr}")
-        return cfg
+class OptimizerConfig(Section):
+    where = "config.optimizer"
+    name: str = option("adamw", "the optimizer", one_of(*NAMES))
+    lr: float = option(1e-3, "peak learning rate", positive())
+    schedule: str = option("cosine", "cosine (warm-up, then cosine to min_lr) | rsqrt | constant",
+                           one_of(*SCHEDULES))
+    warmup_steps: int = option(100, "linear warm-up steps", at_least(0))
+    decay_steps: int = option(0, "length of the decay", at_least(0, "0: the run's train.steps"))
+    min_lr: float = option(1e-4, "cosine: final learning rate", at_least(0))
+    b1: float = option(0.9, "first-moment decay (Adafactor: momentum)",
+                       fraction(low_open=False))
+    b2: float = option(0.99, "adamw: second-moment decay", fraction(low_open=False))
+    eps: float = option(1e-8, "adamw: added to the second moment's root", at_least(0))
+    weight_decay: float = option(0.1, "decoupled (AdamW), on matrices only (see decay_mask)",
+                                 at_least(0))
+    clip_norm: float = option(1.0, "global-norm clipping", at_least(0, "0: off"))
+    adafactor_decay: float = option(0.8, "adafactor: beta2 = 1 - step^-decay (PaLM)", positive())
+    adafactor_factored: bool = option(False, "adafactor: factored second moments (PaLM: off)")
 
 
 def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
@@ -58,21 +56,33 @@ def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
     return schedule
 
 
-def decay_mask(params):
-    """Weight decay on matrices and embeddings (ndim >= 2), not on norms' scales or biases."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+STACKED_BLOCKS = ("blocks", "encoder_blocks", "decoder_blocks")
 
 
-def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+def decay_mask(params, block_stack_axes: int = 0):
+    """Weight decay on matrices and embeddings, not on norms' scales or biases: on parameters
+    with two or more axes of their own. The ``block_stack_axes`` leading axes that stack a
+    model's blocks (lm.models.transformer.block_stack_axes: 1 with scan_layers, 2 or 3 when
+    pipelined) do not count, so every form of a model decays the same weights."""
+    def decays(path, p):
+        stacked = bool(path) and getattr(path[0], "key", None) in STACKED_BLOCKS
+        return p.ndim - (block_stack_axes if stacked else 0) >= 2
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(cfg: OptimizerConfig, total_steps: int,
+                   block_stack_axes: int = 0) -> optax.GradientTransformation:
+    """``block_stack_axes``: see ``decay_mask``."""
     schedule = make_schedule(cfg, total_steps)
+    weight_decay_mask = functools.partial(decay_mask, block_stack_axes=block_stack_axes)
     if cfg.name == "adamw":
         core = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                           weight_decay=cfg.weight_decay, mask=decay_mask)
+                           weight_decay=cfg.weight_decay, mask=weight_decay_mask)
     else:
         core = optax.adafactor(schedule, decay_rate=cfg.adafactor_decay, momentum=cfg.b1,
                                factored=cfg.adafactor_factored, multiply_by_parameter_scale=False,
                                clipping_threshold=None, weight_decay_rate=cfg.weight_decay or None,
-                               weight_decay_mask=decay_mask)
+                               weight_decay_mask=weight_decay_mask)
     if cfg.clip_norm:
         return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), core)
     return core

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from lm.fileio import save_figure
 from lm.train.metrics import read_metrics
 
 
@@ -32,6 +33,6 @@ def plot_losses(workdir: str, filename: str = "loss.png") -> str | None:
     ax.legend()
     path = os.path.join(workdir, filename)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path

@@ -135,8 +135,12 @@ def ensure_pretrained(cfg: SFTConfig, init_from: str, devices=None) -> None:
         return
     from lm.train.loop import pretrain
 
-    print(f"no checkpoint in {init_from}: pretraining {cfg.pretrain_config} there first", flush=True)
-    pretrain(pretrain_config(cfg, init_from), init_from, devices)
+    base = pretrain_config(cfg, init_from)
+    print(f"config.init_from={init_from!r} holds no checkpoint: pretraining it first with "
+          f"{cfg.pretrain_config} ({base.train.steps} steps), then fine-tuning. To start from "
+          f"another run, set --config.init_from=<its workdir>; to refuse instead, set "
+          f"--config.sft.pretrain_config=''.", flush=True)
+    pretrain(base, init_from, devices)
 
 
 def pretrained(init_from: str) -> bool:

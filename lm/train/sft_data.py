@@ -10,31 +10,37 @@ import dataclasses
 
 import numpy as np
 
-from lm.configlib import ConfigError, from_section
+from lm.configlib import ConfigError, Section, at_least, one_of, option, rule
 
 OVERFLOW_POLICIES = ("skip", "error")
 
 
-@dataclasses.dataclass(frozen=True)
-class SFTConfig:
-    """``config.sft``: the instruction data and the before/after evaluation."""
-    mixture: str = "arithmetic"       # 'name[*weight],...' of lm.instruct.datasets names
-    train_instances: int = 7000       # instances drawn from the mixture (by weight)
-    eval_data: str = "arithmetic"     # held-out instances (the 'validation' split)
-    eval_instances: int = 200
-    pack: bool = False                # several instances per row (segment ids)
-    on_overflow: str = "skip"         # an instance longer than the context: skip (counted) | error
-    max_new_tokens: int = 24          # greedy answer length for exact match
-    pretrain_config: str = ""         # experiment file trained into init_from when it is empty
+def _is_mixture(text) -> bool:
+    try:
+        mixture_parts(text)
+        return True
+    except ConfigError:
+        return False
 
-    def validated(self) -> "SFTConfig":
-        if self.on_overflow not in OVERFLOW_POLICIES:
-            raise ConfigError(f"config.sft.on_overflow={self.on_overflow!r}: use one of {OVERFLOW_POLICIES}")
-        for name in ("train_instances", "eval_instances", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"config.sft.{name}={getattr(self, name)} must be >= 1")
-        mixture_parts(self.mixture)
-        return self
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig(Section):
+    """``config.sft``: the instruction data and the before/after evaluation."""
+    where = "config.sft"
+    mixture: str = option("arithmetic", "'name[*weight],...' of lm.instruct.datasets names",
+                          rule(_is_mixture, "must list instruction datasets as "
+                               "'name[*weight],...' with positive weights", ""))
+    train_instances: int = option(7000, "instances drawn from the mixture (by weight)",
+                                  at_least(1))
+    eval_data: str = option("arithmetic", "held-out instances (the 'validation' split)")
+    eval_instances: int = option(200, "held-out instances answered before and after",
+                                 at_least(1))
+    pack: bool = option(False, "several instances per row (segment ids)")
+    on_overflow: str = option("skip", "an instance longer than the context: skip (counted) | "
+                              "error", one_of(*OVERFLOW_POLICIES))
+    max_new_tokens: int = option(24, "greedy answer length for exact match", at_least(1))
+    pretrain_config: str = option("", "experiment file trained into config.init_from when it "
+                                  "holds no checkpoint; '' = refuse")
 
 
 def mixture_parts(mixture: str) -> list[tuple[str, float]]:
@@ -65,7 +71,7 @@ def _dataset(instruction_dataset, name: str, split: str, count: int, seed: int, 
 
 
 def sft_config(config) -> SFTConfig:
-    return from_section(SFTConfig, config.get("sft"), "config.sft").validated()
+    return SFTConfig.from_config(config.get("sft"))
 
 
 # ----------------------------------------------------------------------------- data

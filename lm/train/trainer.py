@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from lm.data import objectives
 from lm.data import pipeline as data_lib
+from lm.models.transformer import block_stack_axes
 from lm.parallel import sharding as shd
 from lm.parallel.pipeline import bubble_fraction
 from lm.peft.optim import frozen
@@ -28,7 +29,7 @@ class Trainer(Run):
         check_layout(exp, self.mesh, self.batch_sharding)
         self.schedule = make_schedule(exp.optimizer, exp.train.steps)
         self.trainable = peft_trainable(self.abstract.to_pure_dict(), exp.peft)
-        self.optimizer = make_optimizer(exp.optimizer, exp.train.steps)
+        self.optimizer = make_optimizer(exp.optimizer, exp.train.steps, block_stack_axes(exp.model))
         if self.trainable is not None:  # PEFT: frozen leaves get no update and no optimizer state
             self.optimizer = frozen(self.optimizer, self.trainable)
         position = exp.model.max_len * exp.model.d_model if exp.model.positions == "learned" else 0

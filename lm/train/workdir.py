@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 
+from lm.fileio import write_atomically
 from lm.train.checkpoint import CheckpointError
 from lm.train.experiment import Experiment
 
@@ -48,7 +49,5 @@ def save_config(workdir: str, config, exp: Experiment) -> None:
     resolved = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     resolved["model"] = dataclasses.asdict(exp.model)  # with the derived vocab_size
     resolved["peft"] = dataclasses.asdict(exp.peft)
-    tmp = os.path.join(workdir, "config.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(resolved, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, os.path.join(workdir, "config.json"))
+    write_atomically(os.path.join(workdir, "config.json"),
+                     json.dumps(resolved, indent=2, sort_keys=True, default=str))
