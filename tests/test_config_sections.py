@@ -137,3 +137,19 @@ def test_a_dimension_that_does_not_divide_its_mesh_axis_is_replicated_with_a_war
     warned = " ".join(r.getMessage() for r in caplog.records)
     for axis, size in (("heads", 6), ("kv_heads", 1), ("vocab", 65)):
         assert re.search(rf"'{axis}' \(size {size}\) does not divide .*tensor", warned), axis
+
+
+def test_a_workdir_saved_with_peft_inside_the_model_reads_it_from_config_peft(tmp_path):
+    import json
+
+    from lm.train.experiment import Experiment
+    from lm.train.saved import read_config
+
+    config = shakespeare_char.get_config("smoke").to_dict()
+    del config["peft"]
+    config["model"]["peft"] = {"method": "lora", "lora_rank": 4}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    saved = read_config(str(tmp_path))
+    assert "peft" not in saved.model and saved.peft.lora_rank == 4
+    exp = Experiment.from_config(saved)
+    assert (exp.peft.method, exp.peft.lora_rank) == ("lora", 4)

@@ -34,10 +34,21 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
                           f"first, or point --workdir at a trained run)")
     try:
         with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
+            saved = json.load(f)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} is not valid JSON ({e}); restore it from the run's launch "
                           f"command") from None
+    return ml_collections.ConfigDict(_peft_in_its_section(saved))
+
+
+def _peft_in_its_section(saved: dict) -> dict:
+    """A config.json written before PEFT moved out of the model section holds it as model.peft;
+    it is read as config.peft (which wins where both are present), its one home."""
+    model = saved.get("model")
+    if isinstance(model, dict) and "peft" in model:
+        nested = model.pop("peft")
+        saved.setdefault("peft", nested)
+    return saved
 
 
 def workdir_config(workdir: str, overrides: Optional[Mapping[str, Any]] = None, use_time=None,
@@ -73,8 +84,7 @@ def _override(config, key: str, value, workdir: str) -> None:
     parts = key.split(".")
     if _saved_value(config, parts) == value:
         return
-    # A workdir saved before PEFT moved out of the model section holds it as model.peft.
-    shaping = PARAMETER_FIELDS + ("peft",)
+    shaping = PARAMETER_FIELDS + ("peft",)  # model.peft: PEFT's old home, refused like config.peft
     if parts[0] == "peft" or (parts[0] == "model" and len(parts) > 1 and parts[1] in shaping):
         raise ConfigError(
             f"--config.{key}: the model of a trained run comes from {workdir}/config.json "
