@@ -36,9 +36,10 @@ def main_with_clear_errors(fn) -> None:
     """Runs ``fn``; configuration and input errors print one clear line instead of a traceback."""
     from lm.data.corpus import CorpusError
     from lm.train.checkpoint import CheckpointError
+    from lm.train.lock import WorkdirInUse
     try:
         fn()
-    except (ConfigError, CheckpointError, CorpusError) as e:
+    except (ConfigError, CheckpointError, CorpusError, WorkdirInUse) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except (AttributeError, KeyError) as e:

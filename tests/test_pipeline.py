@@ -19,7 +19,9 @@ from lm.parallel import MeshConfig, axis_rules, make_mesh
 from lm.parallel.pipeline import bubble_fraction, num_iterations, pipeline_apply
 from lm.parallel.rules import STANDARD
 from lm.parallel.sharding import batch_sharding, param_shardings
+from lm.train.experiment import Experiment
 from lm.train.state import abstract_model, param_count
+from tests.helpers import small_config
 from tests.test_pipeline_init import as_list_of_layers
 
 # 8 layers so that S=4 (GPipe) and S=2 x R=2 (circular) both divide them; init_std 0.2 so that
@@ -210,8 +212,14 @@ def test_config_rejects_fewer_microbatches_than_stages():
 def test_config_rejects_nonsense_pipeline_values():
     with pytest.raises(ConfigError, match="pipeline_stages=0 must be >= 1"):
         config(pipeline_stages=0)
+    # The stage count comes from the mesh, so an unpipelined model is refused once resolved.
     with pytest.raises(ConfigError, match="pipeline_repeats=2 needs pipeline_stages > 1"):
-        config(pipeline_repeats=2)
+        config(pipeline_repeats=2).check_pipeline()
+    experiment = small_config(num_layers=4, pipeline_repeats=2)
+    with pytest.raises(ConfigError, match="pipeline_repeats=2 needs pipeline_stages > 1"):
+        Experiment.from_config(experiment)
+    experiment.mesh.update(dict(pipeline=2, data=4))  # the mesh makes it pipelined: accepted
+    assert Experiment.from_config(experiment).model.pipeline_stages == 2
     with pytest.raises(ConfigError, match="pipeline_microbatches=-1 must be >= 0"):
         config(pipeline_stages=2, pipeline_microbatches=-1)
 

@@ -107,9 +107,13 @@ class ModelConfig(Section):
                               f"{self.num_heads}; set config.model.head_dim explicitly")
         if self.positions == "rope" and self.dim_per_head % 2:
             raise ConfigError("config.model.positions='rope' needs an even head_dim")
-        self._check_pipeline()
+        if self.pipelined:
+            self.check_pipeline()
 
-    def _check_pipeline(self) -> None:
+    def check_pipeline(self) -> None:
+        """The pipeline fields against each other. The stage count comes from the mesh
+        (``lm.train.experiment.resolve_model``), so an unpipelined config is checked only once it
+        is resolved: ``pipeline_repeats=2`` is fine until the mesh turns out to have no pipeline."""
         stages, repeats, microbatches = (self.pipeline_stages, self.pipeline_repeats,
                                          self.pipeline_microbatches)
         if repeats > 1 and stages == 1:

@@ -73,7 +73,9 @@ def resolve_model(model: ModelConfig, data: data_lib.DataConfig, mesh: MeshConfi
         raise ConfigError(f"config.model.vocab_size={model.vocab_size} is smaller than the data's "
                           f"{needed} ids (vocabulary plus the objective's sentinel / MASK ids); "
                           f"set it to 0 to take it from the data")
-    return _with_pipeline_stages(model, mesh)
+    model = _with_pipeline_stages(model, mesh)
+    model.check_pipeline()
+    return model
 
 
 def _check_architecture(model: ModelConfig, data: data_lib.DataConfig, peft: PeftConfig) -> None:

@@ -11,6 +11,7 @@ step, bar, writer) -> dict`` (at each evaluation, after the validation loss) and
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -23,6 +24,7 @@ from lm.data.loader import Prefetcher, to_global
 from lm.fileio import append_text
 from lm.train import hardware
 from lm.train.checkpoint import Checkpointer
+from lm.train.lock import workdir_lock
 from lm.train.metrics import MetricsWriter
 from lm.train.plot import plot_losses
 from lm.train.state import TrainState
@@ -34,9 +36,21 @@ log = logging.getLogger(__name__)
 def fit(trainer, initial_state: Callable[[], TrainState], train_batches, eval_sets: dict,
         hooks: Sequence = ()) -> tuple[dict, TrainState]:
     """Trains ``trainer``'s experiment in its workdir from its latest checkpoint, or from
-    ``initial_state()`` when it has none. Returns the final metrics and the final state."""
-    exp, workdir = trainer.exp, trainer.workdir
+    ``initial_state()`` when it has none. Returns the final metrics and the final state. One run
+    at a time trains in a workdir (``lm.train.lock``)."""
+    workdir = trainer.workdir
     os.makedirs(workdir, exist_ok=True)
+    lock = workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    try:
+        with lock:
+            return _fit_locked(trainer, initial_state, train_batches, eval_sets, hooks)
+    finally:
+        if isinstance(train_batches, Prefetcher):
+            train_batches.close()
+
+
+def _fit_locked(trainer, initial_state, train_batches, eval_sets: dict, hooks) -> tuple[dict, TrainState]:
+    exp, workdir = trainer.exp, trainer.workdir
     check_workdir(workdir, exp)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), exp.train.keep_checkpoints,
                                 exp.train.async_checkpoint)
@@ -52,8 +66,6 @@ def fit(trainer, initial_state: Callable[[], TrainState], train_batches, eval_se
             writer.close()
     finally:
         checkpointer.close()
-        if isinstance(train_batches, Prefetcher):
-            train_batches.close()
     final.update(_call_hooks(hooks, "end", trainer, state))
     if jax.process_index() == 0:
         plot_losses(workdir)
