@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from lm.configlib import ConfigError
@@ -23,9 +22,9 @@ def accepted(fn, options: dict) -> dict:
     return {key: value for key, value in options.items() if key in parameters}
 
 
-def setup_logging(workdir: str = "") -> None:
-    if workdir:
-        os.makedirs(workdir, exist_ok=True)
+def setup_logging() -> None:
+    """Log levels only: the workdir is made by what writes to it (training, an eval report), so
+    a rejected config or a sample of a missing run leaves no empty folder behind."""
     logging.getLogger("lm").setLevel(logging.INFO)
     # Orbax and absl are chatty at INFO; the progress bar and metrics tell the story.
     for name in ("absl", "orbax", "jax._src.xla_bridge"):

@@ -32,7 +32,7 @@ def main(argv) -> None:
     config = FLAGS.config
     entry = modes.validate(config)  # every section the mode reads, before any work starts
     initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    common.setup_logging(FLAGS.workdir)
+    common.setup_logging()
     options = {"interactive": FLAGS.interactive,
                "overrides": config_flags.get_override_values(FLAGS["config"])}
     result = entry.run(config, FLAGS.workdir, **common.accepted(entry.run, options))

@@ -75,3 +75,16 @@ def test_the_last_line_a_killed_run_left_is_repaired_before_new_rows(tmp_path, t
     writer.close()
     lines = path.read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3][:kept] + [4]
+
+
+@pytest.mark.parametrize("args", [
+    ["--config.mode=sample"],        # a trained run that is not there
+    ["--config.train.steps=0"],      # a config refused before any work
+], ids=["sample of a missing run", "rejected config"])
+def test_a_failed_launch_leaves_no_empty_workdir(tmp_path, args):
+    workdir = tmp_path / "never"
+    done = run_module("launch.main", "--config=experiments/shakespeare_char.py:smoke",
+                      f"--workdir={workdir}", *args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert len([line for line in done.stderr.splitlines() if line.startswith("error:")]) == 1
+    assert not workdir.exists()
