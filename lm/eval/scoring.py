@@ -31,7 +31,8 @@ from lm.eval.metrics import rolling_windows
 from lm.infer.decode import DecodeSettings, generate, generate_past_context, truncate_at_stop
 from lm.models.decoding import GENERATING_ARCHS as SCORING_ARCHS
 from lm.models.decoding import CausalDecoding, bucket, decoding_for, scheme_of
-from lm.parallel.axes import STANDARD_RULES, logical_to_spec, traced_on_mesh
+from lm.parallel.axes import (STANDARD_RULES, logical_to_spec, mesh_ways, outputs_to_host,
+                             traced_on_mesh)
 from lm.train.step import logits_fn, token_losses
 
 GENERATION_KEYS = ("until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p")
@@ -182,8 +183,8 @@ class ModelScorer:
             chunk = order[start:start + self.batch_size]
             batch, scored_bt = batch_layout(self.decoding, [pairs[i] for i in chunk], self.window,
                                             self.batch_size, batch_ways(self.mesh, self.rules))
-            logprob_bt, greedy_bt = jax.device_get(
-                _token_scores(self.graphdef, (self.mesh, self.rules), self.params, batch))
+            scores = _token_scores(self.graphdef, (self.mesh, self.rules), self.params, batch)
+            logprob_bt, greedy_bt = outputs_to_host(scores)
             for row, index in enumerate(chunk):
                 mask = scored_bt[row]
                 results[index] = (float(np.sum(logprob_bt[row][mask], dtype=np.float64)),
@@ -266,8 +267,7 @@ def batch_ways(mesh, rules) -> int:
     """How many ways the mesh splits the batch axis (1 without a mesh)."""
     if mesh is None:
         return 1
-    axes = logical_to_spec(("activation_batch",), rules, mesh)[0] or ()
-    return int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
+    return mesh_ways(mesh, logical_to_spec(("activation_batch",), rules, mesh)[0])
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

@@ -26,7 +26,7 @@ from lm.infer import segments
 from lm.infer.beam import beam_search, length_penalty  # noqa: F401  (length_penalty re-exported)
 from lm.infer.sample import sample_logits
 from lm.models.decoding import DECODER_START_ID, GENERATING_ARCHS, decoding_for  # noqa: F401
-from lm.parallel.axes import STANDARD_RULES, traced_on_mesh
+from lm.parallel.axes import STANDARD_RULES, outputs_to_host, traced_on_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +86,13 @@ def _check_settings(s: DecodeSettings) -> None:
             raise ValueError(f"{field}={getattr(s, field)!r} must be {rule}")
 
 
+def _scheme(graphdef: nnx.GraphDef, params):
+    """The model's decoding scheme. Its config is read from the graph merged with the
+    parameters' shapes alone, so no parameter's data is touched."""
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    return decoding_for(nnx.merge(graphdef, shapes).cfg)
+
+
 def generate(graphdef: nnx.GraphDef, params, prompts: Sequence[Sequence[int]],
              settings: DecodeSettings = DecodeSettings(), *, context: Optional[int] = None,
              mesh=None, rules=None, return_logits: bool = False) -> Generation:
@@ -94,7 +101,7 @@ def generate(graphdef: nnx.GraphDef, params, prompts: Sequence[Sequence[int]],
     decode is traced under its ``rules`` (parameters may be sharded on it)."""
     if prompts and isinstance(prompts[0], (int, np.integer)):
         prompts = [prompts]
-    scheme = decoding_for(nnx.merge(graphdef, params).cfg)
+    scheme = _scheme(graphdef, params)
     check_request(scheme.cfg, prompts, settings, context)
     inputs = scheme.decode_inputs(prompts)
     width = inputs["tokens"].shape[1]
@@ -105,7 +112,8 @@ def generate(graphdef: nnx.GraphDef, params, prompts: Sequence[Sequence[int]],
     plan = segments.Plan(static, lengths, return_logits, mesh, rules)
     # Only the new tokens (and logits or scores) come to the host, replicated on the mesh so
     # that every process can read them; the parameters stay where they are.
-    out = jax.device_get(_decode(graphdef, plan, params, inputs, jax.random.key(settings.seed)))
+    decoded = _decode(graphdef, plan, params, inputs, jax.random.key(settings.seed))
+    out = outputs_to_host(decoded)
     tokens = [_cut(row, settings.stop_tokens) for row in np.asarray(out["tokens"])]
     return Generation(tokens, out.get("logits"), out.get("scores"))
 
@@ -124,7 +132,7 @@ def generate_past_context(graphdef: nnx.GraphDef, params, prompt: Sequence[int],
     (two compiled shapes at most). Models that do not refill (a recurrent state, an
     encoder-decoder's encoded prompt) decode in one call. ``kwargs``: ``generate``'s mesh and
     rules."""
-    scheme = decoding_for(nnx.merge(graphdef, params).cfg)
+    scheme = _scheme(graphdef, params)
     prompt = list(prompt)
     if not scheme.refills_past_context or len(prompt) + settings.max_new_tokens <= context:
         return generate(graphdef, params, [prompt], settings, context=context, **kwargs).tokens[0]

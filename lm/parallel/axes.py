@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from typing import Iterator, Optional, Sequence
 
 import jax
@@ -92,3 +93,16 @@ def traced_on_mesh(mesh: Optional[Mesh], rules: Optional[Rules], fn):
     with axis_rules(mesh, rules):
         replicated = NamedSharding(mesh, PartitionSpec())
         return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, replicated), fn())
+
+
+def outputs_to_host(outputs):
+    """The small outputs of a computation run by ``traced_on_mesh`` (decoded tokens, logits,
+    scores), replicated there, read on this host. Parameters never go through here: they stay
+    sharded on the mesh."""
+    return jax.device_get(outputs)
+
+
+def mesh_ways(mesh: Mesh, axes) -> int:
+    """How many devices the mesh axes ``axes`` (a name, a tuple of names, or None) span."""
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return math.prod(mesh.shape[a] for a in axes)

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lm.parallel.axes import STANDARD_RULES, Rules, logical_to_spec
+from lm.parallel.axes import STANDARD_RULES, Rules, logical_to_spec, mesh_ways
 
 log = logging.getLogger("lm.parallel")
 
@@ -38,7 +37,7 @@ def param_shardings(state: nnx.State, mesh: Mesh, rules: Rules = STANDARD_RULES)
     shardings = jax.tree.map(sharding, logical_specs(state), state.to_pure_dict(), is_leaf=_is_spec)
     for (name, dim, axes), count in sorted(undivided.items()):
         _warn_once(f"the logical axis {name!r} (size {dim}) does not divide over the mesh axes "
-                   f"{axes} ({_ways(mesh, axes)} ways): replicated there in {count} parameter(s) "
+                   f"{axes} ({mesh_ways(mesh, axes)} ways): replicated there in {count} parameter(s) "
                    f"(each of those devices holds a whole copy)")
     return shardings
 
@@ -55,10 +54,6 @@ def _undivided(names, shape, rules: Rules, mesh: Mesh) -> list[tuple[str, int, t
         if want != got:
             found.append((name, dim, tuple(a for a in want if a not in got)))
     return found
-
-
-def _ways(mesh: Mesh, axes: tuple) -> int:
-    return math.prod(mesh.shape[a] for a in axes)
 
 
 _WARNED: set[str] = set()

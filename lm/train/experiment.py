@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 
@@ -10,6 +9,7 @@ from lm.configlib import ConfigError, Section, at_least, option
 from lm.data import pipeline as data_lib
 from lm.models.config import ModelConfig
 from lm.parallel import MeshConfig
+from lm.parallel.axes import mesh_ways
 from lm.peft.config import PeftConfig
 from lm.train.optimizer import OptimizerConfig
 
@@ -120,11 +120,6 @@ def _with_pipeline_stages(model: ModelConfig, mesh: MeshConfig) -> ModelConfig:
     return model
 
 
-def _mesh_size(mesh, axes) -> int:
-    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    return math.prod(mesh.shape[a] for a in axes)
-
-
 def _check_microbatches(exp: Experiment, batch_ways: int) -> None:
     """Every pipeline microbatch must split evenly over the batch axes of the mesh; the advice
     lists the microbatch counts and batch sizes that would work."""
@@ -154,7 +149,7 @@ def check_layout(exp: Experiment, mesh, batch_sharding) -> None:
     """Batch and sequence must divide by the mesh axes that split them; names the fields. (A
     model dimension that does not divide its mesh axes is replicated there, with a warning:
     lm.parallel.sharding.param_shardings.)"""
-    ways = _mesh_size(mesh, batch_sharding.spec[0])
+    ways = mesh_ways(mesh, batch_sharding.spec[0])
     batch, accum = exp.data.batch_size, exp.train.grad_accum_steps
     if batch % accum:
         raise ConfigError(f"config.data.batch_size={batch} is not divisible by "
