@@ -12,7 +12,7 @@ import dataclasses
 import time
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from launch import common
@@ -22,6 +22,9 @@ config_flags.DEFINE_config_file("config", None, "Experiment file (path[:variant]
 flags.DEFINE_integer("steps", 60, "Timed train steps (after warm-up).")
 flags.DEFINE_integer("warmup", 5, "Untimed steps (compile, caches).")
 flags.DEFINE_integer("repeats", 3, "Timed windows of --steps; the best is reported.")
+flags.DEFINE_bool("spike_overhead", False, "Also time the step without the bad-step guard "
+                  "(config.train.spike_skip) in alternating windows of this same run, and print "
+                  "the guard's cost as a share of the step time (its host-side reads included).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -35,10 +38,16 @@ def synthetic_batches(data_cfg, vocab_size: int, count: int, seed: int) -> list[
 
 
 def time_steps(trainer, state, batches, steps: int) -> tuple[float, object]:
-    """Seconds per step over ``steps`` steps, waiting for the device only at the end."""
-    start = time.perf_counter()
-    for batch in batches[:steps]:
+    """Seconds per step over ``steps`` steps, waiting for the device only at the end, except
+    that a guarded step's skip decision is read one step late, as the fit loop reads it."""
+    from lm.train.rollback import SpikeWatch
+    watch = SpikeWatch("", trainer.exp.train, write=False)
+    start, earlier = time.perf_counter(), None
+    for step, batch in enumerate(batches[:steps]):
         state, metrics = trainer.train_step(state, batch)
+        if earlier is not None:
+            watch.observe(step, earlier)
+        earlier = metrics
     jax.block_until_ready(metrics)
     return (time.perf_counter() - start) / steps, state
 
@@ -79,8 +88,36 @@ def main(argv) -> None:
           f"params={trainer.num_params:,} flops_per_token={trainer.flops_per_token:,.0f} "
           f"step_ms={best * 1e3:.2f} peak_matmul_measured={peak_measured / 1e9:.1f}GFLOP/s")
     vendor = f" mfu_vendor={achieved / peak_vendor:.4f}" if peak_vendor else ""
+    if FLAGS.spike_overhead:
+        print(spike_overhead(config, trainer, state, batches), flush=True)
     print(f"tokens_per_sec={tokens_per_sec:.0f} mfu={achieved / peak_measured:.4f}{vendor}", flush=True)
 
 
+def spike_overhead(config, trainer, state, batches) -> str:
+    """The guarded and the unguarded step timed in alternating windows (A B A B ...), best of
+    each, so drifts of a shared machine fall on both."""
+    from lm.train.loop import Trainer
+    guarded = config.train.spike_skip
+    other_config = config.copy_and_resolve_references()
+    with other_config.unlocked():
+        other_config.train.spike_skip = not guarded
+    other = Trainer(other_config, workdir="")
+    other_state = other.init_state()
+    _, other_state = time_steps(other, other_state, batches, FLAGS.warmup)
+    timed = batches[FLAGS.warmup:]
+    times: dict = {True: [], False: []}
+    for _ in range(FLAGS.repeats):
+        seconds, state = time_steps(trainer, state, timed, FLAGS.steps)
+        times[guarded].append(seconds)
+        seconds, other_state = time_steps(other, other_state, timed, FLAGS.steps)
+        times[not guarded].append(seconds)
+    ratios = sorted(on / off for on, off in zip(times[True], times[False]))
+    median = ratios[len(ratios) // 2] - 1
+    best = min(times[True]) / min(times[False]) - 1
+    return (f"spike_guard step_ms_on={min(times[True]) * 1e3:.2f} "
+            f"step_ms_off={min(times[False]) * 1e3:.2f} overhead_best={best * 100:+.2f}% "
+            f"overhead_median_pair={median * 100:+.2f}% pairs={len(ratios)}")
+
+
 if __name__ == "__main__":
-    common.main_with_clear_errors(lambda: app.run(main))
+    common.run_app(main)

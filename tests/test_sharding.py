@@ -161,7 +161,7 @@ def test_zero1_replicates_parameters_and_shards_optimizer_state():
     for key in kernel:
         param = param[key]
     assert param.spec == jax.sharding.PartitionSpec(None, None)
-    adam_mu = trainer.shardings.opt_state[1][0].mu  # clip_by_global_norm, then adamw's chain
+    adam_mu = trainer.shardings.opt_state.inner[1][0].mu  # the guard, clip_by_global_norm, adamw
     for key in kernel:
         adam_mu = adam_mu[key]
     assert adam_mu.spec == jax.sharding.PartitionSpec("fsdp", None)

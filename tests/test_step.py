@@ -22,6 +22,7 @@ def test_token_losses_by_hand():
 
 
 def _one_step(config, batch, optimizer=None, **step_kw):
+    config.train.spike_skip = False  # the state must be the given optimizer's, unwrapped
     trainer = Trainer(config, "", jax.devices()[:1])
     opt_cfg = OptimizerConfig.from_config(config.optimizer)
     optimizer = optimizer or make_optimizer(opt_cfg, 10)

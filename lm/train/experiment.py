@@ -5,7 +5,7 @@ import dataclasses
 
 import jax
 
-from lm.configlib import ConfigError, Section, at_least, option
+from lm.configlib import ConfigError, Section, at_least, option, positive
 from lm.data import pipeline as data_lib
 from lm.models.config import ModelConfig
 from lm.parallel import MeshConfig
@@ -35,6 +35,21 @@ class TrainConfig(Section):
     sample_temperature: float = option(0.8, "0: greedy", at_least(0))
     sample_top_k: int = option(0, "sample from the k most likely tokens", at_least(0, "0: all"))
     progress: bool = option(True, "progress bar with ETA")
+    spike_skip: bool = option(True, "skip a step whose loss, gradients or update are not finite, "
+                              "or whose loss or gradient norm is a spike (lm.train.spikes)")
+    spike_window: int = option(128, "accepted steps whose loss and gradient norm define a spike",
+                               at_least(4))
+    spike_zscore: float = option(6.0, "a spike: more than this many standard deviations above "
+                                 "the window's mean", positive())
+    spike_rollback_after: int = option(8, "skipped steps in a row (or non-finite parameters at a "
+                                       "checkpoint) that roll back to the last checkpoint",
+                                       at_least(1))
+    spike_skip_batches: int = option(100, "batches skipped after a rollback, past those that "
+                                     "caused it (PaLM skipped 200-500)", at_least(0))
+    spike_max_rollbacks: int = option(3, "rollbacks before the run stops with exit code 2",
+                                      at_least(0, "0: stop at the first"))
+    stop_on_signal: bool = option(True, "SIGTERM / SIGINT: finish the step, save a checkpoint, "
+                                  "exit 0 (a second SIGINT stops at once)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,13 @@
 """One fit loop for every trainer: pretraining and SFT are "data + initial state + hooks".
 
     fit(trainer, initial_state, train_batches, eval_sets, hooks)
-      -> workdir checks, resume (train state and data position) or initial_state(),
-         config.json, jit(train_step) with a progress bar, metrics (JSONL, TensorBoard),
-         validation loss and hooks every eval_every steps, checkpoints, the loss plot
+      -> workdir lock and checks, resume (train state and data position, from the newest
+         sound checkpoint) or initial_state(), config.json, jit(train_step) with a progress
+         bar, metrics (JSONL, TensorBoard), validation loss and hooks every eval_every steps,
+         checkpoints, the loss plot
+      bad steps are skipped inside the step (lm.train.spikes); a stretch of them rolls back to
+      the last checkpoint and skips data (lm.train.rollback); SIGTERM/SIGINT save and return
+      (lm.train.preempt); a failed background save stops the run (lm.train.checkpoint)
 
 A hook is an object with any of ``start(trainer, state, resumed)``, ``evaluate(trainer, state,
 step, bar, writer) -> dict`` (at each evaluation, after the validation loss) and ``end(trainer, state)
@@ -18,6 +22,7 @@ import time
 from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 from lm.data.loader import Prefetcher, to_global
@@ -27,6 +32,8 @@ from lm.train.checkpoint import Checkpointer
 from lm.train.lock import workdir_lock
 from lm.train.metrics import MetricsWriter
 from lm.train.plot import plot_losses
+from lm.train.preempt import StopRequests
+from lm.train.rollback import SpikeWatch
 from lm.train.state import TrainState
 from lm.train.workdir import check_workdir, save_config
 
@@ -60,13 +67,19 @@ def _fit_locked(trainer, initial_state, train_batches, eval_sets: dict, hooks) -
         save_config(workdir, trainer.config, exp)
         writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
         try:
-            metrics, state = _loop(trainer, state, train_batches, eval_sets, checkpointer, writer, hooks)
+            with StopRequests(exp.train.stop_on_signal) as stop:
+                loop = _Loop(trainer, checkpointer, writer, hooks, train_batches, eval_sets,
+                             initial_state, stop)
+                metrics, state = loop.run(state)
             final.update(metrics)
         finally:
             writer.close()
-    finally:
-        checkpointer.close()
-    final.update(_call_hooks(hooks, "end", trainer, state))
+    except BaseException:
+        checkpointer.close(raise_errors=False)  # the error in flight is the one to report
+        raise
+    checkpointer.close()
+    if "stopped_by" not in final:
+        final.update(_call_hooks(hooks, "end", trainer, state))
     if jax.process_index() == 0:
         plot_losses(workdir)
     return final, state
@@ -82,10 +95,10 @@ def _call_hooks(hooks, name: str, *args) -> dict:
 
 
 def _restore_or_init(trainer, checkpointer: Checkpointer, train_batches, initial_state):
-    step = checkpointer.latest_step()
-    if step is None:
+    restored = checkpointer.restore_latest(trainer.abstract_state)
+    if restored is None:
         return initial_state(), False
-    state, data_state = checkpointer.restore(step, trainer.abstract_state)
+    state, data_state, step = restored
     train_batches.set_state(data_state)
     log.info("resumed from step %d in %s", step, checkpointer.directory)
     return state, True
@@ -101,39 +114,119 @@ def _announce(trainer, start: int, tokens_per_step: int) -> None:
           f"{tokens_per_step:,} tokens{resumed}; writing to {trainer.workdir}", flush=True)
 
 
-def _loop(trainer, state: TrainState, train_batches, eval_sets, checkpointer, writer, hooks):
-    exp, cfg = trainer.exp, trainer.exp.train
-    start = int(state.step)
-    tokens_per_step = exp.data.batch_size * exp.data.seq_len
-    peak = hardware.vendor_peak_flops() or hardware.measure_peak_matmul_flops(seconds=0.5)
-    _announce(trainer, start, tokens_per_step)
-    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress or jax.process_index() != 0,
-               desc="train", unit="step", dynamic_ncols=True)
-    final: dict = {}
-    window_start, window_steps = time.perf_counter(), 0
-    for step in range(start + 1, cfg.steps + 1):
-        state, metrics = trainer.train_step(state, to_global(next(train_batches), trainer.batch_sharding))
-        window_steps += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            metrics = jax.device_get(metrics)  # waits for the step: the window's time is real
-            tokens_per_sec = window_steps * tokens_per_step / (time.perf_counter() - window_start)
-            row = writer.write(step, {**metrics, "train/tokens_per_sec": tokens_per_sec,
-                                      "train/mfu": tokens_per_sec * trainer.flops_per_token / peak,
-                                      **trainer.schedule_metrics})
-            bar.set_postfix(loss=f"{row['train/loss']:.3f}", tok_s=f"{tokens_per_sec:,.0f}")
-            final.update(row)
-            window_start, window_steps = time.perf_counter(), 0
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            final.update(_evaluate(trainer, state, eval_sets, writer, step, bar, hooks))
-            window_start, window_steps = time.perf_counter(), 0
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            checkpointer.save(step, state, train_batches.get_state(), force=True)
-    bar.close()
-    checkpointer.wait()
-    final["step"] = int(state.step)
-    final["num_params"] = trainer.num_params
-    return final, state
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+class _Loop:
+    """The steps of one fit: train, log, evaluate, checkpoint; bad steps and stretches of them
+    (lm.train.spikes, lm.train.rollback); a requested stop (lm.train.preempt).
+
+    A step's guard metrics are read one step late, while the next step runs, so the device never
+    waits for the host; at a checkpoint the current step is read first, so a stretch of skips
+    that calls for a rollback is never checkpointed."""
+
+    def __init__(self, trainer, checkpointer, writer, hooks, batches, eval_sets, initial_state, stop):
+        self.trainer, self.checkpointer, self.writer, self.hooks = trainer, checkpointer, writer, hooks
+        self.batches, self.eval_sets, self.initial_state, self.stop = batches, eval_sets, initial_state, stop
+        self.cfg = trainer.exp.train
+        self.watch = SpikeWatch(trainer.workdir, self.cfg, write=jax.process_index() == 0)
+        self.tokens_per_step = trainer.exp.data.batch_size * trainer.exp.data.seq_len
+        self.peak = hardware.vendor_peak_flops() or hardware.measure_peak_matmul_flops(seconds=0.5)
+        self.final: dict = {}
+        self.save_due = False
+
+    def run(self, state: TrainState) -> tuple[dict, TrainState]:
+        cfg, trainer = self.cfg, self.trainer
+        step = int(state.step)
+        _announce(trainer, step, self.tokens_per_step)
+        self.bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                        disable=not cfg.progress or jax.process_index() != 0)
+        self._restart_window()
+        pending = None  # (step, metrics) of the step whose guard metrics are still unread
+        while step < cfg.steps:
+            state, metrics = trainer.train_step(state, to_global(next(self.batches), trainer.batch_sharding))
+            step += 1
+            self.window_steps += 1
+            self.bar.update(1)
+            earlier, pending = pending, (step, metrics)
+            if earlier is not None and self.watch.observe(*earlier):
+                state, step, pending = *self._roll_back(step, "skipped steps in a row"), None
+                continue
+            self.checkpointer.check_for_errors()
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                self._log(step, metrics)
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                self.final.update(_evaluate(trainer, state, self.eval_sets, self.writer, step,
+                                            self.bar, self.hooks))
+                self._restart_window()
+            self.save_due |= step % cfg.checkpoint_every == 0 or step == cfg.steps
+            stopping = self.stop.reached(step)
+            if not (self.save_due or stopping):
+                continue
+            if self.watch.observe(*pending):
+                state, step, pending = *self._roll_back(step, "skipped steps in a row"), None
+                continue
+            pending = None
+            if self.watch.in_streak and not (stopping or step == cfg.steps):
+                continue  # checkpoint at the first step the guard accepts again
+            if not bool(_all_finite(state)):
+                state, step = self._roll_back(step, "non-finite parameters")
+                continue
+            self.checkpointer.save(step, state, self.batches.get_state(), force=True)
+            self.save_due = False
+            if stopping:
+                return self._stopped(step), state
+        if pending is not None:
+            self.watch.observe(*pending)
+        self.bar.close()
+        self.checkpointer.wait()
+        self.final.update(step=int(state.step), num_params=trainer.num_params)
+        return self.final, state
+
+    def _roll_back(self, step: int, why: str) -> tuple[TrainState, int]:
+        """The last checkpoint (or the initial state) with the next batches skipped."""
+        self.watch.check_budget(step, why, self.checkpointer.latest_step())
+        restored = self.checkpointer.restore_latest(self.trainer.abstract_state)
+        state, to_step = (restored[0], restored[2]) if restored else (self.initial_state(), 0)
+        for _ in range(self.cfg.spike_skip_batches):
+            next(self.batches)
+        self.watch.rolled_back(step, to_step, why)
+        self.bar.write(f"step {step}: {why}; rolled back to step {to_step} and skipped "
+                       f"{self.cfg.spike_skip_batches} batches (rollback {self.watch.rollbacks} of "
+                       f"at most {self.cfg.spike_max_rollbacks}; see spikes.jsonl)")
+        self.bar.n = to_step
+        self.bar.refresh()
+        self.save_due = self.watch.in_streak = False
+        self._restart_window()
+        return state, to_step
+
+    def _log(self, step: int, metrics: dict) -> None:
+        metrics = jax.device_get(metrics)  # waits for the step: the window's time is real
+        tokens_per_sec = self.window_steps * self.tokens_per_step / (time.perf_counter() - self.window_start)
+        row = self.writer.write(step, {**metrics, "train/tokens_per_sec": tokens_per_sec,
+                                       "train/mfu": tokens_per_sec * self.trainer.flops_per_token / self.peak,
+                                       "train/rollbacks": self.watch.rollbacks,
+                                       **self.trainer.schedule_metrics})
+        self.bar.set_postfix(loss=f"{row['train/loss']:.3f}", tok_s=f"{tokens_per_sec:,.0f}")
+        self.final.update(row)
+        self._restart_window()
+
+    def _restart_window(self) -> None:
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def _stopped(self, step: int) -> dict:
+        self.bar.close()
+        self.checkpointer.wait()
+        name = self.stop.signal_name
+        if jax.process_index() == 0:
+            print(f"stopped by {name} after step {step}: checkpoint saved in "
+                  f"{self.checkpointer.directory}; run the same command to resume", flush=True)
+        self.final.update(step=step, num_params=self.trainer.num_params, stopped_by=name)
+        return self.final
 
 
 def _evaluate(trainer, state, eval_sets, writer, step: int, bar, hooks) -> dict:

@@ -11,6 +11,7 @@ import optax
 from flax import nnx
 
 from lm.models.forward import apply_batch
+from lm.train.spikes import guard_metrics, is_guarded
 from lm.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -84,13 +85,26 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
         total_weight = jnp.maximum(jnp.sum(batch["weights"].astype(jnp.float32)), 1.0)
         grad_sums, (ce_sum, z_sum) = accumulate(state.params, batch, rng)
         grads = jax.tree.map(lambda g: g / total_weight, grad_sums)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"train/loss": ce_sum / total_weight, "train/z_loss": z_sum / total_weight,
+        loss = ce_sum / total_weight
+        metrics = {"train/loss": loss, "train/z_loss": z_sum / total_weight,
                    "train/grad_norm": optax.global_norm(grads), "train/lr": schedule(state.step),
                    "train/tokens": total_weight}
+        if is_guarded(state.opt_state):  # lm.train.spikes: a bad step changes nothing
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params, loss=loss)
+            params = _unless_skipped(opt_state, optax.apply_updates(state.params, updates), state.params)
+            metrics.update(guard_metrics(opt_state))
+        else:
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
     return train_step
+
+
+def _unless_skipped(guard_state, new_params, old_params):
+    """The old parameters, bit for bit, when the guard skipped the step (adding a zero update
+    would turn -0.0 into +0.0)."""
+    skipped = guard_metrics(guard_state)["train/skipped"] > 0
+    return jax.tree.map(lambda n, o: jnp.where(skipped, o, n), new_params, old_params)
 
 
 def _grad_fn(graphdef: nnx.GraphDef, cfg: StepConfig, trainable) -> Callable:
