@@ -1,7 +1,11 @@
 """Damaged checkpoints are detected and set aside, the run resumes from the one before; SIGTERM
 saves and the resumed run equals the uninterrupted one bit for bit."""
 import os
+import shlex
+import shutil
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -10,7 +14,7 @@ import pytest
 from lm.data import pipeline
 from lm.train import checksums, loop
 from lm.train.checkpoint import Checkpointer
-from tests.helpers import small_config
+from tests.helpers import ROOT, small_config
 
 DEVICES = jax.devices()[:1]
 
@@ -121,11 +125,61 @@ def _stopped_by_sigterm_at_batch(workdir: str, batch: int, monkeypatch) -> dict:
 def test_sigterm_saves_after_the_step_and_the_resumed_run_equals_the_uninterrupted_one(
         tmp_path, monkeypatch, capsys, uninterrupted):
     workdir = str(tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
     stopped = _stopped_by_sigterm_at_batch(workdir, 6, monkeypatch)
     assert stopped["stopped_by"] == "SIGTERM" and stopped["step"] == 6
     assert "stopped by SIGTERM after step 6: checkpoint saved" in capsys.readouterr().out
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was put back
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler was put back
     assert Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == 6
 
     loop.pretrain(_config(12), workdir, DEVICES)
     _assert_bitwise_equal(_final_params(workdir, 12), uninterrupted)
+
+
+def _can_mount_tmpfs() -> bool:
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("unshare") is None or not _can_mount_tmpfs(),
+                    reason="needs unprivileged user and mount namespaces for a small tmpfs")
+def test_a_full_disk_during_a_background_save_stops_in_one_line_with_the_previous_kept(tmp_path):
+    # A tmpfs that holds the first checkpoint (about 430 KB) but not a second one.
+    args = ["--config=experiments/shakespeare_char.py:smoke", "--config.data.backend=synthetic",
+            "--config.data.synthetic_vocab_size=64", "--config.model.vocab_size=64",
+            "--config.data.batch_size=8", "--config.model.num_layers=2",
+            "--config.model.d_model=32", "--config.train.steps=12", "--config.train.eval_every=12",
+            "--config.train.checkpoint_every=4", "--config.train.sample_tokens=0",
+            "--config.train.progress=False", "--config.train.async_checkpoint=True"]
+    mount, kept = tmp_path / "small_disk", tmp_path / "kept"
+    mount.mkdir()
+    launch = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "launch.main", *args,
+                                                f"--workdir={mount}/run"])
+    script = (f"mount -t tmpfs -o size=700k tmpfs {mount} && {launch}; code=$?; "
+              f"cp -a {mount}/run {kept}; exit $code")
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": ROOT}
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith("error: "), errors
+    assert "No space left on device" in errors[0] and "step 4 is intact" in errors[0]
+    checkpointer = Checkpointer(os.path.join(kept, "checkpoints"), async_save=False)
+    assert checkpointer.latest_step() == 4
+    assert checksums.verify(os.path.join(kept, "checkpoints", "4")) is None
+    checkpointer.close()
+
+
+def test_one_sigint_asks_for_a_stop_at_the_step_boundary_and_a_second_interrupts_at_once():
+    from lm.train.preempt import StopRequests
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequests() as stop:
+        assert not stop.reached(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.reached(2) and stop.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

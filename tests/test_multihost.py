@@ -66,3 +66,36 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path, multi_mesh):
     assert len(train_multi) == 6 and len(eval_multi) == 2
     for a, b in zip(train_multi + eval_multi, train_single + eval_single):
         assert abs(a - b) <= 1e-5 * abs(b), (train_multi, train_single)
+
+
+def _two_processes(workdir, port, steps):
+    args = [*ARGS, "--config.mesh.data=-1", f"--config.train.steps={steps}",
+            "--config.train.eval_every=1000", "--config.train.checkpoint_every=1000"]
+    return [subprocess.Popen([sys.executable, "-m", "launch.main", *args, f"--workdir={workdir}",
+                              f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                              f"--process_id={i}"], cwd=ROOT, env=_env(1),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tmp_path):
+    import signal
+    import time
+    from lm.train.checkpoint import Checkpointer
+    workdir = str(tmp_path / "run")
+    procs = _two_processes(workdir, _free_port(), steps=100000)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (os.path.exists(metrics) and
+                                          sum(1 for _ in open(metrics)) >= 20):
+        time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)  # a scheduler preempting one host
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    stopped = [line for line in outputs[0][0].splitlines() if line.startswith("stopped by")]
+    assert len(stopped) == 1, outputs[0][0][-2000:]
+    step = int(stopped[0].split("after step ")[1].split(":")[0])
+    assert 20 <= step < 100000
+    assert Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == step

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
+import sys
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,6 +54,8 @@ class Checkpointer:
         # Named handlers let a fresh manager read a step's metadata before anything is saved.
         handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        for name in ("absl", "orbax", "asyncio"):
+            logging.getLogger(name).addFilter(_quiet)  # adding the same filter twice is a no-op
         self._sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checksums")
         self._sealing: Optional[Future] = None
         self._sealing_step: Optional[int] = None
@@ -111,18 +115,19 @@ class Checkpointer:
     def wait(self) -> None:
         self._finish_previous_save()
 
-    def close(self, raise_errors: bool = True) -> None:
+    def close(self, raise_errors: bool = True) -> Optional[RunStopped]:
         """Finishes the save in flight and its checksums. With ``raise_errors=False`` (closing
-        while another error is being reported) a failed save is logged instead."""
+        while another error is being reported) a failed save is returned instead."""
         try:
             self._finish_previous_save()
-        except Exception as e:  # noqa: BLE001
+        except RunStopped as e:
             if raise_errors:
                 raise
-            log.warning("%s", e)
+            return e
         finally:
             self.manager.close()
             self._sealer.shutdown(wait=True)
+        return None
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -171,6 +176,7 @@ class Checkpointer:
         self.manager.reload()
 
     def _save_failed(self, step: Optional[int], error: BaseException) -> RunStopped:
+        self._unsealed = None  # the failed step has nothing to seal
         previous = [s for s in self.manager.all_steps() if s != step]
         kept = f"step {max(previous)} is intact" if previous else "no earlier checkpoint exists"
         which = f"at step {step} " if step is not None else ""
@@ -194,7 +200,9 @@ def _difference(saved: Counter, wanted: Counter) -> str:
 
 
 def _root_cause(error: BaseException) -> str:
-    """The innermost OSError (a full disk, a permission) or else the error itself, on one line."""
+    """The operating system's reason (a full disk, a permission) where there is one, else the
+    error itself, on one line. Orbax's background writes (TensorStore) report an OS error as a
+    ValueError that carries ``os_error_code='28'`` in its text."""
     seen, cause = set(), error
     chain = []
     while cause is not None and id(cause) not in seen:
@@ -205,8 +213,45 @@ def _root_cause(error: BaseException) -> str:
         if isinstance(item, OSError) and item.strerror:
             where = f": {item.filename}" if item.filename else ""
             return f"{item.strerror}{where}"
+    for item in chain:
+        code = re.search(r"os_error_code='?(\d+)", str(item))
+        if code:
+            return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text[:300]}"
+
+
+class _QuietOrbaxFailures(logging.Filter):
+    """Orbax logs a failed background save, with tracebacks, from each of its threads before
+    the error reaches the Checkpointer; the Checkpointer reports it once, as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if f"{os.sep}orbax{os.sep}" in record.pathname:
+            return False
+        # asyncio's note on each write task of the failed save that nobody awaited any more
+        return not (record.name == "asyncio" and "orbax" in record.getMessage())
+
+
+_quiet = _QuietOrbaxFailures()
+
+
+def _ignore_writes_finishing_after_a_failed_save(previous_hook):
+    """After one array of a save fails, orbax closes its event loop while TensorStore still
+    finishes the other writes; each then reports 'Event loop is closed' as an unraisable error,
+    a traceback apiece. The failure itself is reported by the Checkpointer."""
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous_hook(unraisable)
+    hook.filters_closed_loops = True
+    return hook
+
+
+if not getattr(sys.unraisablehook, "filters_closed_loops", False):
+    sys.unraisablehook = _ignore_writes_finishing_after_a_failed_save(sys.unraisablehook)
 
 
 def _barrier(name: str) -> None:

@@ -23,7 +23,10 @@ _CHUNK = 1 << 22
 
 
 def seal(step_dir: str) -> None:
-    """Writes ``<step_dir>/checksums.json``. A step removed meanwhile (rotated out) is ignored."""
+    """Writes ``<step_dir>/checksums.json``. A step that is not there (rotated out meanwhile, or
+    never completed) is left alone."""
+    if not os.path.isdir(step_dir):  # orbax renames a step into place only once it is complete
+        return
     try:
         record = {path: _fingerprint(os.path.join(step_dir, path)) for path in _files(step_dir)}
     except FileNotFoundError:

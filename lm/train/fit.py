@@ -34,6 +34,7 @@ from lm.train.metrics import MetricsWriter
 from lm.train.plot import plot_losses
 from lm.train.preempt import StopRequests
 from lm.train.rollback import SpikeWatch
+from lm.train.spikes import PER_STEP_METRICS
 from lm.train.state import TrainState
 from lm.train.workdir import check_workdir, save_config
 
@@ -74,8 +75,11 @@ def _fit_locked(trainer, initial_state, train_batches, eval_sets: dict, hooks) -
             final.update(metrics)
         finally:
             writer.close()
-    except BaseException:
-        checkpointer.close(raise_errors=False)  # the error in flight is the one to report
+    except BaseException as error:
+        failed_save = checkpointer.close(raise_errors=False)
+        if failed_save is not None and isinstance(error, OSError):
+            # A full disk often shows first in the metrics written while the save fails.
+            raise failed_save from None
         raise
     checkpointer.close()
     if "stopped_by" not in final:
@@ -206,6 +210,7 @@ class _Loop:
 
     def _log(self, step: int, metrics: dict) -> None:
         metrics = jax.device_get(metrics)  # waits for the step: the window's time is real
+        metrics = {k: v for k, v in metrics.items() if k not in PER_STEP_METRICS}
         tokens_per_sec = self.window_steps * self.tokens_per_step / (time.perf_counter() - self.window_start)
         row = self.writer.write(step, {**metrics, "train/tokens_per_sec": tokens_per_sec,
                                        "train/mfu": tokens_per_sec * self.trainer.flops_per_token / self.peak,

@@ -100,5 +100,10 @@ def guard_metrics(state: GuardState) -> dict:
             "train/loss_zscore": state.loss_z, "train/grad_norm_zscore": state.grad_z}
 
 
+# What the loop reads each step to act on; the logged rows keep only the running count.
+PER_STEP_METRICS = ("train/skipped", "train/skip_reason", "train/consecutive_skips",
+                    "train/loss_zscore", "train/grad_norm_zscore")
+
+
 def is_guarded(opt_state) -> bool:
     return isinstance(opt_state, GuardState)
