@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from launch import common
@@ -41,6 +41,8 @@ def main(argv) -> None:
         use_fake_devices(FLAGS.fake_devices)
     config = FLAGS.config
     common.validate_top_level(config)
+    if FLAGS.output:
+        common.check_writable(FLAGS.output, "--output", folder=False)
     common.setup_logging()
     report = {}
     if FLAGS.train:
@@ -58,4 +60,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    common.main_with_clear_errors(lambda: app.run(main))
+    common.run_app(main, output_flag="--output")

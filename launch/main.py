@@ -31,6 +31,8 @@ def main(argv) -> None:
     from lm.parallel.distributed import initialize
     config = FLAGS.config
     entry = modes.validate(config)  # every section the mode reads, before any work starts
+    if not entry.reads_workdir:  # modes that use a trained run check what they write themselves
+        common.check_writable(FLAGS.workdir, "--workdir")
     initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     common.setup_logging()
     options = {"interactive": FLAGS.interactive,
@@ -42,7 +44,7 @@ def main(argv) -> None:
 
 
 def run() -> None:
-    common.main_with_clear_errors(lambda: app.run(main))
+    common.run_app(main)
 
 
 if __name__ == "__main__":

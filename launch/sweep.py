@@ -12,7 +12,6 @@ import sys
 from absl import app, flags
 
 from launch import common
-from lm.configlib import call_file_function
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Sweep file (path[:variant]) defining get_sweep(variant).")
@@ -26,7 +25,7 @@ flags.mark_flags_as_required(["config"])
 
 def load_sweep(spec: str):
     """``path[:variant]`` -> the Sweep its ``get_sweep(variant)`` returns."""
-    return call_file_function(spec, "get_sweep")
+    return common.load_config_file(spec, "get_sweep")
 
 
 def main(argv) -> None:
@@ -36,6 +35,8 @@ def main(argv) -> None:
         raise app.UsageError("--workdir is required (except with --dry_run)")
     from lm.sweep import run_sweep
     from lm.sweep.overrides import parse_assignments
+    if FLAGS.workdir and not FLAGS.dry_run:
+        common.check_writable(FLAGS.workdir, "--workdir")
     common.setup_logging()
     sweep = load_sweep(FLAGS.config)
     overrides = parse_assignments(FLAGS.set, sweep.base)

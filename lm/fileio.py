@@ -2,9 +2,11 @@
 
 Every file the project writes goes through ``write_atomically``, or ``append_text`` for logs that
 grow a record at a time (checkpoints go through orbax); tests/test_file_writes.py refuses other
-``open(..., "w")`` calls."""
+``open(..., "w")`` calls. ``unwritable_reason`` tells before a run starts whether it could write
+where it was pointed, ``write_failure`` turns a failed write into one line naming the path."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tempfile
@@ -62,7 +64,10 @@ def write_atomically(path: Union[str, os.PathLike], data: Union[str, bytes]) -> 
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as e:
+        _raise_naming(e, path, instead_of=e.filename)
     try:
         with os.fdopen(fd, "wb") as f:
             # mkstemp makes the file owner-only (0600), which would keep others from reading it.
@@ -71,9 +76,11 @@ def write_atomically(path: Union[str, os.PathLike], data: Union[str, bytes]) -> 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            _raise_naming(e, path, instead_of=tmp)
         raise
 
 
@@ -90,6 +97,8 @@ def append_text(path: Union[str, os.PathLike], text: str) -> None:
     try:
         while payload:  # os.write may write less than asked (a full disk, a signal)
             payload = payload[os.write(fd, payload):]
+    except OSError as e:
+        _raise_naming(e, path)
     finally:
         os.close(fd)
 
@@ -99,3 +108,96 @@ def save_figure(fig, path: Union[str, os.PathLike], **savefig_options) -> None:
     image = io.BytesIO()
     fig.savefig(image, format="png", **savefig_options)
     write_atomically(path, image.getvalue())
+
+
+# ----------------------------------------------------------------------------- write failures
+
+# Errors that only writing raises: whatever the path, the message is "cannot write".
+_WRITE_ONLY_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+# Errors that writing raises when the path is not ours or a file is in the way; reading can
+# raise them too, so they count only with a path that shows it (see write_failure).
+_PATH_ERRNOS = {errno.EACCES, errno.ENOTDIR, errno.EEXIST}
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _raise_naming(error: OSError, path: str, instead_of: Union[str, None] = None) -> None:
+    """Raises ``error`` naming ``path`` where it named no file (a write to a full disk) or only
+    the temporary file ``instead_of``, so that its message says which file could not be written."""
+    if error.errno is None or error.filename not in (None, instead_of):
+        raise error
+    raise type(error)(error.errno, error.strerror, path) from error
+
+
+def write_failure(error: OSError, flag: str = "the output path") -> Union[str, None]:
+    """'cannot write <path>: <reason>; <fix>' for an OSError that writing a file or folder raised
+    (a full disk, a read-only or not-writable folder, a file where a folder should be), the fix
+    naming ``flag``, the option that chose where to write; None for any other OSError, which is
+    not a mistake in where to write."""
+    reason = _unwritable_path(error)
+    if reason is None:
+        return None
+    if error.errno in NO_SPACE_ERRNOS:
+        return f"{reason}; free space on that disk (or point {flag} at another one) and run again"
+    return f"{reason}; point {flag} at a folder you can write to"
+
+
+def _unwritable_path(error: OSError) -> Union[str, None]:
+    path = error.filename2 if error.filename2 is not None else error.filename  # rename: the target
+    reason = error.strerror or os.strerror(error.errno or 0)
+    if error.errno in _WRITE_ONLY_ERRNOS:
+        return f"cannot write {path if path is not None else 'to disk'}: {reason}"
+    if error.errno not in _PATH_ERRNOS or path is None:
+        return None
+    path = os.fspath(path)
+    if error.errno == errno.EACCES:
+        # A file that cannot be read is not a place that cannot be written.
+        return f"cannot write {path}: {reason}" if _denied_writing(path) else None
+    blocker = _file_in_the_way(path, itself=error.errno == errno.EEXIST)
+    if blocker is None:
+        return None  # e.g. a folder made twice: a bug, not a place that cannot be written
+    return f"cannot write {path}: {reason} ({blocker} is a file, not a folder)"
+
+
+def _denied_writing(path: str) -> bool:
+    if os.path.lexists(path) and not os.path.isdir(path):
+        return not os.access(path, os.W_OK) or not _can_add_to(os.path.dirname(os.path.abspath(path)))
+    return unwritable_reason(path) is not None
+
+
+def _file_in_the_way(path: str, itself: bool = False) -> Union[str, None]:
+    """The nearest existing ancestor of ``path`` (or ``path`` ``itself``) if it is not a folder."""
+    folder = os.path.abspath(path) if itself else os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    return None if os.path.isdir(folder) else folder
+
+
+def _can_add_to(folder: str) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def _read_only_filesystem(folder: str) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def unwritable_reason(path: Union[str, os.PathLike], folder: bool = True) -> Union[str, None]:
+    """Why a folder (``folder=True``: one to create or to add files to) or a file could not be
+    written at ``path``, found without creating anything: a file in the way, a read-only file
+    system, a folder without write permission. None when writing looks possible (a full disk
+    shows only when writing)."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.lexists(path) and os.path.isdir(path) != folder:
+        return f"{path} is a {'file, not a folder' if folder else 'folder, not a file'}"
+    where = path if folder and os.path.isdir(path) else os.path.dirname(path)
+    while not os.path.lexists(where):
+        where = os.path.dirname(where)
+    if not os.path.isdir(where):
+        return f"{where} is a file, not a folder"
+    if _can_add_to(where):
+        return None
+    if _read_only_filesystem(where):
+        return f"{where} is on a read-only file system"
+    return f"no permission to write in {where}"

@@ -183,3 +183,20 @@ def test_one_sigint_asks_for_a_stop_at_the_step_boundary_and_a_second_interrupts
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_using_a_run_passes_over_a_damaged_latest_step_and_moves_nothing(tmp_path, capsys,
+                                                                      monkeypatch):
+    from lm.train.checkpoint import CheckpointError
+    from lm.train.run import Run
+    workdir = str(tmp_path)
+    _stopped_by_sigterm_at_batch(workdir, 8, monkeypatch)
+    _damage(_largest_array_file(os.path.join(workdir, "checkpoints", "8")), "flip")
+    capsys.readouterr()
+    run = Run(_config(12), workdir, DEVICES)
+    _, step = run.restore()
+    assert step == 4
+    assert "checkpoint step 8" in capsys.readouterr().out
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
+    with pytest.raises(CheckpointError, match="step 8 .*CRC-32"):
+        run.restore(8)

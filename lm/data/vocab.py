@@ -6,7 +6,8 @@ vocabulary); the seqio form of a vocabulary is ``lm.data.seqio_vocab.as_seqio_vo
 
 Common interface: ``encode(text) -> list[int]``, ``encode_array(text) -> int32 array``,
 ``decode(ids) -> str`` (skips PAD and EOS, never stops early), ``vocab_size``, ``pad_id``,
-``eos_id``, ``unk_id``, ``to_json()`` and ``vocabulary_from_json``.
+``eos_id``, ``unk_id``, ``to_json()`` and ``vocabulary_from_json``. Characters a vocabulary lacks
+encode as UNK; ``unknown_characters`` names them (sampling warns about them in a prompt).
 """
 from __future__ import annotations
 
@@ -177,6 +178,18 @@ class SyntheticVocabulary(_ReservedIds):
 Vocabulary = CharVocabulary | SentencePieceVocabulary | SyntheticVocabulary
 _CLASS_OF_KIND = {"char": CharVocabulary, "sentencepiece": SentencePieceVocabulary,
                   "synthetic": SyntheticVocabulary}
+
+
+def unknown_characters(vocab, text: str) -> list[str]:
+    """The distinct characters of ``text`` that ``vocab`` encodes as UNK, in order of first
+    appearance (a SentencePiece model with byte fallback has none); none for synthetic ids,
+    which are not text."""
+    if isinstance(vocab, SyntheticVocabulary):
+        return []
+    unk_id = getattr(vocab, "unk_id", UNK_ID)
+    if unk_id not in vocab.encode(text):
+        return []
+    return [char for char in dict.fromkeys(text) if unk_id in vocab.encode(char)]
 
 
 def vocabulary_from_json(text: str) -> Vocabulary:

@@ -22,6 +22,7 @@ which this model does not use.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -37,15 +38,24 @@ from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
 from lm_eval.utils import simple_parse_args_string
 from tqdm import tqdm
 
+from lm.configlib import ConfigError
+from lm.data.vocab import unknown_characters
 from lm.eval.trained import scorer_from_workdir
+from lm.train.checkpoint import CheckpointError
 
 MODEL_NAME = "lm"
 MODEL_ARGS = ("workdir", "step", "batch_size", "seed")
+MODEL_ARGS_FORM = "workdir=RUN[,step=N][,batch_size=B][,seed=S]"
 DEFAULT_BATCH_SIZE = 16
 HARNESS_DEFAULT_BATCH_SIZE = 1  # what lm_eval's --batch_size is when not given
 LATEST_STEP_WORDS = ("", "none", "latest")
 
 logger = logging.getLogger(__name__)
+
+
+class ModelArgsError(ConfigError):
+    """--model_args of --model lm are wrong; the message names the argument and the fix, and
+    stands alone (lm_eval may show it with no other context)."""
 
 
 @register_model(MODEL_NAME)
@@ -56,6 +66,7 @@ class HarnessModel(LM):
     def __init__(self, workdir: str, step: Optional[int] = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0):
         super().__init__()
+        check_trained_workdir(workdir)
         self.workdir = workdir
         self.batch_size = batch_size
         self.scorer = scorer_from_workdir(workdir, step=step, batch_size=batch_size, seed=seed)
@@ -98,6 +109,7 @@ class HarnessModel(LM):
         and grouped by generation settings, so that each call to the scorer fills its batches;
         each answer also goes to lm_eval's cache hook (``--use_cache``)."""
         answer_batch: Callable[[list], list] = getattr(self.scorer, request_type)
+        warn_unknown_characters(self.scorer.vocab, request_type, requests)
         order = sorted(range(len(requests)), key=lambda index: batching_key(requests[index]))
         answers: list[Any] = [None] * len(requests)
         with tqdm(total=len(requests), desc=f"lm {request_type}",
@@ -238,12 +250,12 @@ def model_arguments(arg_dict: dict) -> dict:
     lm_eval's parser guessed (int, float, bool, None); refuses unknown or missing ones by name."""
     unknown = sorted(set(arg_dict) - set(MODEL_ARGS))
     if unknown:
-        raise ValueError(f"unknown model_args {unknown} for --model {MODEL_NAME}; expected "
-                         f"workdir=RUN[,step=N][,batch_size=B][,seed=S]")
+        raise ModelArgsError(f"unknown model_args {unknown} for --model {MODEL_NAME}"
+                             f"{_close_matches(unknown)}; expected {MODEL_ARGS_FORM}")
     workdir = arg_dict.get("workdir")
     if workdir is None or str(workdir).strip() == "":
-        raise ValueError(f"--model {MODEL_NAME} needs model_args workdir=RUN: the training workdir "
-                         "(its config.json and checkpoints/)")
+        raise ModelArgsError(f"--model {MODEL_NAME} needs model_args workdir=RUN: the training "
+                             f"workdir (its config.json and checkpoints/); expected {MODEL_ARGS_FORM}")
     arguments: dict[str, Any] = {"workdir": str(workdir)}
     if "step" in arg_dict:
         arguments["step"] = checkpoint_step(arg_dict["step"])
@@ -252,6 +264,78 @@ def model_arguments(arg_dict: dict) -> dict:
     if "seed" in arg_dict:
         arguments["seed"] = integer_argument("seed", arg_dict["seed"])
     return arguments
+
+
+def _close_matches(names: Sequence[str]) -> str:
+    """' (did you mean 'step'?)' for misspelt model_args."""
+    hints = [f"{name!r}: did you mean {close[0]!r}?" for name in names
+             if (close := difflib.get_close_matches(name, MODEL_ARGS, n=1, cutoff=0.6))]
+    return f" ({'; '.join(hints)})" if hints else ""
+
+
+def check_trained_workdir(workdir: str) -> None:
+    """Refuses a model_args workdir that no training run wrote, naming the argument."""
+    if not os.path.isdir(workdir):
+        missing = "there is no such folder"
+    elif not os.path.isfile(os.path.join(workdir, "config.json")):
+        missing = "it has no config.json"
+    elif latest_checkpoint_step(workdir) is None:
+        missing = "it has no checkpoint yet"
+    else:
+        return
+    raise ModelArgsError(f"model_args workdir={workdir} (--model {MODEL_NAME}): {workdir} is not a "
+                         f"training workdir ({missing}); give the workdir of a training run "
+                         "(python -m launch.main ... --workdir=RUN)")
+
+
+def command_line_model_args(argv: Sequence[str]) -> dict:
+    """--model_args of an lm_eval command line as lm_eval reads them: 'k=v,k2=v2' or 'k=v k2=v2'
+    (or one JSON object), values as strings; a piece without '=' is refused by name."""
+    values, index = [], 0
+    while index < len(argv):
+        argument = argv[index]
+        if argument.startswith("--model_args="):
+            values.append(argument.split("=", 1)[1])
+        elif argument in ("--model_args", "-a"):
+            while index + 1 < len(argv) and not argv[index + 1].startswith("-"):
+                index += 1
+                values.append(argv[index])
+        index += 1
+    if values and values[0].lstrip().startswith("{"):
+        try:
+            parsed = json.loads(values[0])
+        except json.JSONDecodeError as e:
+            raise ModelArgsError(f"--model_args {values[0]!r} is not a JSON object ({e}); give "
+                                 f"--model_args {MODEL_ARGS_FORM}") from None
+        if isinstance(parsed, dict):
+            return parsed
+    arguments = {}
+    for piece in (piece for value in values for piece in value.split(",") if piece.strip()):
+        key, equals, value = piece.partition("=")
+        if not equals or not key.strip():
+            raise ModelArgsError(f"--model_args piece {piece!r} is not key=value; give --model_args "
+                                 f"{MODEL_ARGS_FORM}")
+        arguments[key.strip()] = value
+    return arguments
+
+
+def check_command_line(argv: Sequence[str]) -> None:
+    """--model_args of --model lm checked before lm_eval starts, so that a mistake is one line."""
+    if model_from_argv(argv) != MODEL_NAME:
+        return
+    arguments = model_arguments(command_line_model_args(argv))
+    check_trained_workdir(arguments["workdir"])
+
+
+def warn_unknown_characters(vocab, request_type: str, requests: Sequence) -> None:
+    """One warning naming the characters of the requests' texts that the vocabulary encodes as
+    UNK (a character-level vocabulary lacks most characters a benchmark was not written in)."""
+    texts = [argument for request in requests for argument in request_arguments(request)
+             if isinstance(argument, str)]
+    unknown = unknown_characters(vocab, "".join(texts))
+    if unknown:
+        logger.warning("%s requests: characters not in the vocabulary, encoded as <unk>: %s",
+                       request_type, ", ".join(map(repr, unknown)))
 
 
 def checkpoint_step(value) -> Optional[int]:
@@ -273,7 +357,8 @@ def integer_argument(name: str, value, minimum: Optional[int] = None) -> int:
             pass
     if number is None or (minimum is not None and number < minimum):
         bound = f" >= {minimum}" if minimum is not None else ""
-        raise ValueError(f"model_args {name}={value!r} is not an integer{bound}")
+        raise ModelArgsError(f"model_args {name}={value!r} is not an integer{bound} (--model "
+                             f"{MODEL_NAME}; expected {MODEL_ARGS_FORM})")
     return number
 
 
@@ -314,14 +399,20 @@ def batching_key(request) -> tuple[str, int]:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """lm_eval's own command line (``lm_eval.__main__.cli_evaluate``) with "lm" registered and,
-    for it, the device JAX uses recorded as the results' ``device``."""
+    for it, the device JAX uses recorded as the results' ``device``. Wrong --model_args for
+    "lm" (or a workdir without a trained run) exit with code 2 in one line before lm_eval starts."""
     from lm_eval.__main__ import cli_evaluate
 
     arguments = sys.argv[1:] if argv is None else list(argv)
-    if model_from_argv(arguments) == MODEL_NAME:  # lm_eval's own models do use --device
-        arguments = with_jax_device(arguments, jax.devices())
-    sys.argv = [sys.argv[0], *arguments]
-    cli_evaluate()
+    try:
+        check_command_line(arguments)
+        if model_from_argv(arguments) == MODEL_NAME:  # lm_eval's own models do use --device
+            arguments = with_jax_device(arguments, jax.devices())
+        sys.argv = [sys.argv[0], *arguments]
+        cli_evaluate()
+    except (ConfigError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ One ``seqio.Evaluator`` per task (``lm.eval.seqio_suite``) calls back into the m
 score function (log-likelihoods: rolling documents, choices) or a predict function (generation:
 greedy or sampled continuations), both answered by ``ModelScorer`` on token ids. Results go to
 ``<workdir>/eval/step<N>.json`` and ``step<N>.md`` (a Markdown table), and every example with its
-score or prediction to ``step<N>_samples/<task>.jsonl``.
+score or prediction to ``step<N>_samples/<task>.jsonl``. A workdir where these cannot be written
+is refused before anything is computed.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from lm.configlib import ConfigError
 from lm.eval import report
 from lm.eval.scoring import ModelScorer
 from lm.eval.tasks import EvalConfig, EvalTask, build_tasks
-from lm.fileio import write_atomically
+from lm.fileio import unwritable_reason, write_atomically
 from lm.infer.decode import DecodeSettings, truncate_at_stop
 
 log = logging.getLogger("lm.eval")
@@ -41,27 +42,64 @@ def evaluate_workdir(config, workdir: str, step: Optional[int] = None, devices=N
     """Validation loss of the checkpoint, plus every task of ``config.eval.tasks``, with the
     parameters sharded on ``config``'s mesh; the model and data come from the workdir's
     config.json (``overrides``: dotted keys changed on top, e.g. from the command line). Returns
-    the flat scores ('<task>/<metric>') and writes the report files."""
+    the flat scores ('<task>/<metric>') and writes the report files, whose folder is checked
+    before anything is computed."""
     from lm.train.run import Run
 
     cfg = eval_config(config)
     run = Run.from_workdir(workdir, overrides, use_time=config, devices=devices)
+    writes = jax.process_index() == 0
+    if writes:
+        check_report_writable(workdir)
     params, step = run.restore(step)
-    scores = {"step": step, **run.evaluate(params)}
-    if cfg.task_names:
-        scores.update(_task_scores(run, cfg, params, scores))
-    if jax.process_index() == 0:
-        write_atomically(os.path.join(workdir, f"eval_step{step}.json"), json.dumps(scores, indent=2) + "\n")
+    validation = {"step": step, **run.evaluate(params)}
+    tasks, results, samples = (_run_eval_tasks(run, cfg, params, step) if cfg.task_names
+                               else ([], {}, {}))
+    scores = {**validation, **flat_scores(results)}
+    if writes:
+        _write_results(workdir, validation, scores, tasks, results, samples)
     return scores
 
 
-def _task_scores(run, cfg: EvalConfig, params, validation: dict) -> dict[str, float]:
-    """Runs the tasks (every process: the model is sharded), writes the report, and returns
-    '<task>/<metric>' scores."""
+def flat_scores(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """'<task>/<metric>' -> value."""
+    return {f"{task_name}/{metric}": value for task_name, metrics in results.items()
+            for metric, value in metrics.items()}
+
+
+def check_report_writable(workdir: str) -> None:
+    """Refuses, before any scoring, a workdir where the report cannot be written (a read-only
+    copy of a run, a file named 'eval' in the way)."""
+    for folder in (workdir, os.path.join(workdir, "eval")):
+        reason = unwritable_reason(folder)
+        if reason is None:
+            continue
+        in_the_way = os.path.lexists(folder) and not os.path.isdir(folder)
+        fix = (f"move {folder} out of the way" if in_the_way else "evaluate a copy of the run "
+               "(its config.json and checkpoints/) in a folder you can write to")
+        raise ConfigError(f"cannot write the evaluation report in {folder}: {reason}; {fix}")
+
+
+def _write_results(workdir: str, validation: dict, scores: dict, tasks, results, samples) -> None:
+    """The report (with tasks) and eval_step<N>.json; when writing fails (a disk filled up
+    during the evaluation) the scores go to stdout first, so that the computation is not lost."""
+    step = validation["step"]
+    try:
+        if tasks:
+            report.write(os.path.join(workdir, "eval"), step, validation, tasks, results, samples)
+        write_atomically(os.path.join(workdir, f"eval_step{step}.json"), json.dumps(scores, indent=2) + "\n")
+    except OSError:
+        print(f"scores (not written): {json.dumps(scores)}", flush=True)
+        raise
+
+
+def _run_eval_tasks(run, cfg: EvalConfig, params, step: int):
+    """Runs the tasks (every process: the model is sharded): the tasks, their metrics and
+    their examples with the model's answers."""
     from lm.data import corpus as corpus_lib
     from lm.data import pipeline as data_lib
 
-    exp, step = run.exp, validation["step"]
+    exp = run.exp
 
     def heldout_text() -> str:
         if exp.data.backend == "synthetic":
@@ -73,10 +111,7 @@ def _task_scores(run, cfg: EvalConfig, params, validation: dict) -> dict[str, fl
     tasks = build_tasks(cfg, heldout_text)
     scorer = run.scorer(params, cfg.batch_size, int(run.config.seed), step)
     results, samples = run_tasks(scorer, tasks, progress=exp.train.progress and jax.process_index() == 0)
-    if jax.process_index() == 0:
-        report.write(os.path.join(run.workdir, "eval"), step, validation, tasks, results, samples)
-    return {f"{task_name}/{metric}": value for task_name, metrics in results.items()
-            for metric, value in metrics.items()}
+    return tasks, results, samples
 
 
 def run_tasks(scorer: ModelScorer, tasks: list[EvalTask], progress: bool = True

@@ -1,5 +1,9 @@
 """``config.mode='sample'``: continue prompts with the latest checkpoint of a workdir, once
-(``config.sample.prompt``) or as a chat loop over the lines of stdin (``--interactive``)."""
+(``config.sample.prompt``) or as a chat loop over the lines of stdin (``--interactive``).
+
+Characters of a prompt that the vocabulary lacks are encoded as UNK, which the model has rarely
+or never seen: each prompt that has some gets a one-line warning on stderr naming them, and is
+continued all the same (every vocabulary here has UNK, so the prompt can always be encoded)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,6 +11,7 @@ import sys
 from typing import Iterable, Optional, TextIO
 
 from lm.configlib import ConfigError, Section, at_least, fraction, one_of, option, positive
+from lm.data.vocab import unknown_characters
 from lm.infer.decode import DecodeSettings, check_request, generate_text
 
 # How a prompt is wrapped: as typed, as an instruction (lm.instruct's task template), or as one
@@ -57,7 +62,8 @@ class SampleConfig(Section):
 
 def sample_workdir(config, workdir: str, interactive: bool = False,
                    stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = None,
-                   devices=None, overrides: Optional[dict] = None) -> dict:
+                   devices=None, overrides: Optional[dict] = None,
+                   stderr: Optional[TextIO] = None) -> dict:
     """Prints the continuation of ``config.sample.prompt`` (or of every stdin line) by the
     latest checkpoint in ``workdir``, decoded with its parameters sharded on ``config``'s mesh.
     The model comes from the workdir's config.json; ``config`` gives the use-time sections."""
@@ -82,11 +88,20 @@ def sample_workdir(config, workdir: str, interactive: bool = False,
                 raise
             print(f"error: {e}", file=stdout, flush=True)
             continue
+        warn_unknown_characters(vocab, prompt, stderr or sys.stderr)
         text = generate_text(run.graphdef, params, vocab, [prompt], settings, context=context,
                              mesh=run.mesh, rules=run.rules)[0]
         print(prompt + text if not interactive else text, file=stdout, flush=True)
         count += 1
     return {"step": step, "samples": count}
+
+
+def warn_unknown_characters(vocab, prompt: str, stream: TextIO) -> None:
+    """One line on ``stream`` naming the characters of ``prompt`` that ``vocab`` encodes as UNK."""
+    unknown = unknown_characters(vocab, prompt)
+    if unknown:
+        print("warning: prompt characters not in the vocabulary, encoded as <unk>: "
+              + ", ".join(map(repr, unknown)), file=stream, flush=True)
 
 
 def _check(model_cfg, vocab, prompt: str, settings: DecodeSettings, context: int) -> None:

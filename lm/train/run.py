@@ -28,7 +28,7 @@ from lm.parallel import make_mesh
 from lm.parallel import sharding as shd
 from lm.parallel.axes import axis_rules
 from lm.parallel.rules import layout as named_layout
-from lm.train import workdir as workdir_lib
+from lm.train import checksums, workdir as workdir_lib
 from lm.train.checkpoint import CheckpointError
 from lm.train.experiment import Experiment
 from lm.train.state import abstract_model, param_count
@@ -116,11 +116,27 @@ class Run:
         return params, step
 
     def _step(self, step: Optional[int]) -> int:
-        found = self.latest_step() if step is None else step
-        if found is None:
-            raise CheckpointError(f"no checkpoint in {self.checkpoint_dir}: train first "
-                                  f"(config.mode='pretrain') or point --workdir at a trained run")
-        return found
+        """``step`` if its files are sound, else a CheckpointError; by default the newest sound
+        step, passing over damaged ones with a line each (training moves those aside; using a
+        run changes nothing in its workdir)."""
+        if step is not None:
+            problem = checksums.verify(os.path.join(self.checkpoint_dir, str(step)))
+            if problem:
+                raise CheckpointError(f"checkpoint step {step} in {self.checkpoint_dir} {problem}; "
+                                      f"use another step, or resume training, which sets it aside")
+            return step
+        steps = ocp.utils.checkpoint_steps(self.checkpoint_dir) if os.path.isdir(self.checkpoint_dir) else []
+        for found in sorted(steps, reverse=True):
+            problem = checksums.verify(os.path.join(self.checkpoint_dir, str(found)))
+            if not problem:
+                return found
+            print(f"checkpoint step {found} in {self.checkpoint_dir} {problem}: not used; "
+                  f"trying the one before it", flush=True)
+        if steps:
+            raise CheckpointError(f"every checkpoint in {self.checkpoint_dir} is damaged (see "
+                                  f"above); nothing was used")
+        raise CheckpointError(f"no checkpoint in {self.checkpoint_dir}: train first "
+                              f"(config.mode='pretrain') or point --workdir at a trained run")
 
     def _check_saved_model(self) -> None:
         workdir_lib.check_workdir(self.workdir, self.exp)

@@ -64,7 +64,9 @@ def skip_bad_steps(optimizer: optax.GradientTransformation, window: int = 128,
         reason = jnp.select([~finite, loss_z > zscore, grad_z > zscore],
                             [NON_FINITE, LOSS_SPIKE, GRAD_SPIKE], ACCEPTED).astype(jnp.int32)
         accept = reason == ACCEPTED
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(accept, n, o), new, old)
+
+        def keep(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(accept, n, o), new, old)
         slot = state.position
         new_state = GuardState(
             inner=keep(new_inner, state.inner),
