@@ -1,79 +1,111 @@
 """Run untrusted generated Python in a constrained child process.
 
-``run_program(source, limits)`` writes the program to a fresh temporary directory and runs it there
-with ``python -I -B`` in a new session (its own process group), then kills that whole group and
-removes the directory. The child sets resource limits and installs an audit hook
-(``sys.addaudithook``) before it executes the program.
+``run_program(source, limits)`` runs the program in a fresh temporary directory, in a child
+Python (``python -I -B`` running lm/eval/_sandbox_child.py) that leads a new process group, and
+SIGKILLs the whole group at the end; docs/sandbox.md describes the design and its limits.
 
 What is enforced:
 
-* wall-clock time: the parent kills the process group (SIGKILL) at ``timeout_s``; RLIMIT_CPU is a
-  second stop;
-* memory: RLIMIT_AS (address space), so large allocations raise ``MemoryError``;
-* processes: the audit hook refuses ``os.fork``, ``os.forkpty``, ``os.posix_spawn``, ``os.exec*``,
-  ``os.system``, ``subprocess.Popen``, and ``_posixsubprocess.fork_exec`` (which has no audit
-  event) is replaced; RLIMIT_NPROC is set as well, but the kernel ignores it for root, and it counts
-  every task of the user, so it is only a second stop for non-root users; anything left in the
-  process group is killed at the end;
-* signals: ``os.kill``, ``os.killpg`` and ``signal.pthread_kill`` are refused (as root the program
-  could otherwise signal any process on the machine);
-* network: socket creation for families other than AF_UNIX, ``connect``, ``bind``, ``sendto``,
-  ``sendmsg`` and name resolution are refused; no proxy variables reach the child's environment;
-* files: opening for writing, creating, removing, renaming, linking, chmod/chown/utime/truncate are
-  refused outside the temporary directory (``/dev/null`` excepted), after resolving symbolic links
-  and ``dir_fd`` arguments; opening a directory outside it is refused too, so that no outside
-  ``dir_fd`` can be obtained. Opening a device file for writing (``/dev/null`` excepted) or a
-  block device at all is refused, inside the directory too (root can ``os.mknod`` one there).
-  Reading regular files anywhere is allowed (imports need it). RLIMIT_FSIZE caps the size of any
-  file written, including the captured stdout/stderr; the number of files is not capped;
-* ``resource.setrlimit``/``prlimit`` (root could raise its own hard limits), ``ctypes`` symbol
-  look-ups, raw-address access and library loading (``ctypes`` itself still imports, numpy needs
-  it), and ``gc`` object enumeration are refused.
+* in every mode, by this process: wall-clock time (``timeout_s``); a minimal environment (no
+  proxies, credentials or tokens of the parent); the verdict: a run counts as passed only when the
+  result channel holds ``passed <nonce>`` with this run's secret nonce, which the child writes
+  after ``exec`` of the whole program returned, from a record no frame, module or object of the
+  program refers to; writing to any descriptor, printing, ``sys.exit``/``os._exit`` part-way or
+  closing descriptors cannot produce it;
+* in every mode, by the child before the program runs: resource limits (address space, so large
+  allocations raise ``MemoryError``; file size, the captured output included; descriptors; CPU
+  time; processes where the kernel applies RLIMIT_NPROC, which is not for real root) and an audit
+  hook (``sys.addaudithook``) that refuses starting processes (``os.fork``, ``posix_spawn``,
+  ``exec*``, ``system``, ``subprocess``; ``_posixsubprocess.fork_exec``, which raises no event, is
+  replaced), signals to other processes, sockets other than AF_UNIX, ``connect``/``bind``/
+  ``sendto``, name resolution, writes, creations, removals and attribute changes outside the
+  working directory (symbolic links and ``dir_fd`` resolved), symbolic links, FIFOs and device
+  nodes, opening a directory outside it, devices other than null/zero/full/random/urandom,
+  ``/proc`` of other processes and process memory, raising limits, ``gc`` object traversal,
+  hand-made code objects, and modules that act without audit events (ctypes, subinterpreters,
+  Tcl, SQLite, shared memory, CPython's test modules). The hook is a closure the program cannot
+  reach or rebind, and the program runs in a fresh ``__main__`` module;
+* with ``Limits.os_isolation`` "auto" (the default: what the machine offers, missing parts
+  reported once with ``logging.warning``) or "require" (``SandboxUnavailable`` when a part is
+  missing), by the kernel, holding even against a program that defeats the hook: user, pid,
+  network, IPC and mount namespaces (util-linux ``unshare``), so the program is pid 1 of its own
+  namespace, sees no other process, has no network but a loopback, and nothing it starts
+  outlives the run; Landlock: writes only in the working directory and /dev/null, reads only from
+  the Python installation, system library folders and a few named files, execution of the
+  interpreter alone, no TCP, no signals out; a seccomp filter (Linux x86_64): no fork, vfork or
+  clone of a process, no ptrace or other processes' memory, no socket but AF_UNIX, no connect or
+  bind, no signal to another process, no mount, namespace, device node, bpf, io_uring or keyring
+  calls. ``Result.isolation`` names the layers that were in force.
 
-What is not: this is an in-process Python guard, meant to stop generated code that is wrong or
-careless (infinite loops, fork bombs, memory hogs, ``rm -rf``), not a security boundary against a
-program written to escape. Such a program can reach interpreter internals (for example through
-``ctypes`` memory access or C extension modules that do their own system calls) and undo the guard,
-or forge a "passed" result. Reads of any file the user can read are allowed and can be printed.
-Running as a non-root user makes RLIMIT_NPROC and file permissions apply as well. For
-adversarial code, run this inside a container, VM or gVisor/nsjail with its own pid, network and
-mount namespaces and a cgroup ``pids.max``.
+What is not: the program shares its interpreter with the hook and with its tests, so a program
+that corrupts interpreter memory (hand-made ``.pyc``/``marshal`` data, a CPython bug) can disable
+the hook and forge the verdict, and tests can be fooled from Python (objects equal to anything,
+rebound names, tracing); the kernel layers still hold then, but with ``os_isolation="off"`` or
+without them only the hook stands between such a program and the machine, which then also
+misses what fresh copies of builtin modules restore (``os.mkfifo`` through
+``_imp.create_builtin``). The program keeps the user's uid: it can read what the user can,
+less what Landlock hides. Kernel exploits and CPU side channels are out of scope.
 """
+from __future__ import annotations
+
 import dataclasses
+import fcntl
+import functools
 import json
-import math
+import logging
+import marshal
 import os
-import resource
+import secrets
+import selectors
+import shutil
 import signal
-import stat
+import site
 import subprocess
 import sys
+import sysconfig
 import tempfile
+import threading
 import time
+
+from lm.eval import _sandbox_child, _sandbox_kernel
 
 PASSED = "passed"
 FAILED = "failed"
 TIMED_OUT = "timed out"
 ERROR = "error"
 
-_PROGRAM = "program.py"
-_CONFIG = "config.json"
-_RESULT = "result.json"
+OS_ISOLATION_MODES = ("auto", "require", "off")
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_CHILD_SOURCE = os.path.join(_HERE, "_sandbox_child.py")
+_KERNEL_SOURCE = os.path.join(_HERE, "_sandbox_kernel.py")
 _STDOUT = "stdout.txt"
 _STDERR = "stderr.txt"
 _WORK = "work"
 _TAIL_CHARS = 2000
-_REASON_CHARS = 300
+_CHANNEL_LIMIT = 1 << 20  # the program can write junk into the channel; read no more than this
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """Resource limits of one run."""
+    """Resource limits of one run.
+
+    ``os_isolation``: "auto" uses the kernel layers the machine offers and warns once about the
+    others; "require" raises SandboxUnavailable when one is missing; "off" uses none of them (the
+    in-process guard and resource limits only).
+    """
     timeout_s: float = 3.0
     memory_bytes: int = 2 * 2**30
     file_bytes: int = 64 * 2**20
     open_files: int = 256
-    extra_processes: int = 32  # RLIMIT_NPROC headroom above the user's current task count
+    extra_processes: int = 32  # RLIMIT_NPROC headroom (threads count too) where the kernel applies it
+    os_isolation: str = "auto"
+
+    def __post_init__(self):
+        if self.os_isolation not in OS_ISOLATION_MODES:
+            raise ValueError(f"os_isolation must be one of {OS_ISOLATION_MODES}, not {self.os_isolation!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,35 +118,84 @@ class Result:
     elapsed_s: float
     pid: int  # also the process group id of the run
     workdir: str
+    isolation: tuple[str, ...] = ()  # kernel layers in force: namespaces, landlock-abiN, seccomp
 
     @property
     def passed(self) -> bool:
         return self.status == PASSED
 
 
-# ----------------------------------------------------------------------------- parent side
+class SandboxUnavailable(RuntimeError):
+    """``os_isolation="require"`` on a machine that lacks one of the kernel layers."""
+
+
+# ----------------------------------------------------------------------------- running a program
 
 def run_program(source: str, limits: Limits = Limits()) -> Result:
     """Runs ``source`` in a sandboxed child process and reports how it ended."""
+    isolation = _isolation(limits.os_isolation)
     with tempfile.TemporaryDirectory(prefix="lm-sandbox-", ignore_cleanup_errors=True) as root:
         root = os.path.realpath(root)
         work = os.path.join(root, _WORK)
         os.mkdir(work)
-        _write_inputs(root, source, limits)
+        nonce = secrets.token_hex(16)
         start = time.monotonic()
-        pid, timed_out, returncode = _run_child(root, work, limits)
+        pid, timed_out, returncode, channel = _run_child(root, work, source, nonce, limits, isolation)
         elapsed = time.monotonic() - start
-        status, reason = _outcome(root, timed_out, returncode, limits)
+        status, reason, applied = _outcome(channel, nonce, timed_out, returncode, limits, isolation)
         return Result(status=status, reason=reason, stdout=_tail(os.path.join(root, _STDOUT)),
                       stderr=_tail(os.path.join(root, _STDERR)), elapsed_s=elapsed, pid=pid,
-                      workdir=work)
+                      workdir=work, isolation=applied)
 
 
-def _write_inputs(root: str, source: str, limits: Limits) -> None:
-    # Imported here: the child runs this file as a script (python -I) and cannot import lm.
-    from lm.fileio import write_atomically
-    write_atomically(os.path.join(root, _PROGRAM), source)
-    write_atomically(os.path.join(root, _CONFIG), json.dumps(dataclasses.asdict(limits)))
+def _child_stdin(source: str, work: str, nonce: str, channel_fd: int, limits: Limits,
+                 isolation: _Isolation) -> bytes:
+    """What the child reads from stdin: the child's code for the launcher, then the setup. The
+    nonce travels only here, never in argv, the environment or a file."""
+    child_code = _compiled(_CHILD_SOURCE)
+    setup = json.dumps({
+        "source": source, "workdir": work, "limits": dataclasses.asdict(limits), "nonce": nonce,
+        "channel_fd": channel_fd, "namespaces": bool(isolation.command_prefix), "outer_uid": os.getuid(),
+    }).encode()
+    return b"%d\n" % len(child_code) + child_code + setup
+
+
+def _child_command(work: str, isolation: _Isolation) -> list[str]:
+    """unshare (namespaces), then the first stage (Landlock, seccomp), then the child proper."""
+    command = [*isolation.command_prefix]
+    if isolation.kernel_layers:
+        config = {"workdir": work, "readable": _readable_paths(), "writable_files": ["/dev/null"],
+                  "executables": _interpreter_files()}
+        command += [sys.executable, "-I", "-S", "-B", "-c", _sandbox_kernel.STAGE,
+                    _compiled(_KERNEL_SOURCE).hex(), marshal.dumps(config).hex()]
+    return command + [sys.executable, "-I", "-B", "-c", _sandbox_child.LAUNCHER]
+
+
+@functools.lru_cache(maxsize=None)
+def _readable_paths() -> list[str]:
+    """What Landlock lets the child read: the system's libraries and the Python installation that
+    ``python -I`` sees (standard library, site-packages, the virtual environment)."""
+    places = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+              *sysconfig.get_paths().values(), *site.getsitepackages()]
+    python = [path for place in places if place for path in (place, os.path.realpath(place))]
+    return sorted(set(_sandbox_kernel.SYSTEM_READABLE) | set(python))
+
+
+@functools.lru_cache(maxsize=None)
+def _interpreter_files() -> list[str]:
+    """What Landlock lets the child execute: the interpreter and its dynamic loader, so the first
+    stage can start the child and nothing else can be started."""
+    interpreter = os.path.realpath(sys.executable)
+    loader = _sandbox_kernel.elf_interpreter(interpreter)
+    return [interpreter] + ([os.path.realpath(loader)] if loader else [])
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(path: str) -> bytes:
+    """A module's code, compiled once per process, for children that would otherwise compile it
+    on every run (they cannot import the lm package and may find no .pyc)."""
+    with open(path, encoding="utf-8") as f:
+        return marshal.dumps(compile(f.read(), path, "exec"))
 
 
 def _child_env(work: str) -> dict[str, str]:
@@ -126,22 +207,143 @@ def _child_env(work: str) -> dict[str, str]:
     return env
 
 
-def _run_child(root: str, work: str, limits: Limits) -> tuple[int, bool, int | None]:
-    """Starts the child in its own session, waits up to the time limit, kills its process group."""
-    # stream: the child's stdout and stderr, written by the child while it runs
-    with open(os.path.join(root, _STDOUT), "wb") as out, open(os.path.join(root, _STDERR), "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-I", "-B", os.path.abspath(__file__), root],
-                                cwd=work, env=_child_env(work), stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err, start_new_session=True, close_fds=True)
-        timed_out = False
+def _run_child(root: str, work: str, source: str, nonce: str, limits: Limits,
+               isolation: _Isolation) -> tuple[int, bool, int | None, str]:
+    """Starts the child as the leader of a new process group, holding the result channel's write
+    end; writes its stdin, waits up to the time limit, kills the group, reads the channel."""
+    read_end, write_end = os.pipe()
+    stdin = _child_stdin(source, work, nonce, write_end, limits, isolation)
+    try:
+        # stream: the child's stdout and stderr, written by the child while it runs
+        with open(os.path.join(root, _STDOUT), "wb") as out, open(os.path.join(root, _STDERR), "wb") as err:
+            proc = subprocess.Popen(
+                _child_command(work, isolation), cwd=work,
+                env=_child_env(work), stdin=subprocess.PIPE, stdout=out, stderr=err,
+                pass_fds=(write_end,), start_new_session=True, close_fds=True)
+            os.close(write_end)
+            write_end = -1
+            try:
+                timed_out = not _feed_and_wait(proc, stdin, limits.timeout_s)
+            finally:
+                _end(proc, in_namespaces=bool(isolation.command_prefix))
+        return proc.pid, timed_out, proc.returncode, _drain(read_end)
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _feed_and_wait(proc: subprocess.Popen, data: bytes, timeout_s: float) -> bool:
+    """Writes ``data`` to the child's stdin and waits for it to exit; False if it is still running
+    after ``timeout_s``. A pidfd wakes this up the moment the child exits (Popen.wait polls with
+    sleeps that double up to 50 ms, which would be most of a short run's time)."""
+    try:
+        exited = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux 5.3+
         try:
-            proc.wait(timeout=limits.timeout_s)
+            proc.communicate(data, timeout=timeout_s)
+            return True
         except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            kill_process_group(proc.pid)
-            proc.wait()
-    return proc.pid, timed_out, proc.returncode
+            return False
+    deadline, pending = time.monotonic() + timeout_s, memoryview(data)
+    stdin = proc.stdin.fileno()
+    os.set_blocking(stdin, False)
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(exited, selectors.EVENT_READ)
+            selector.register(stdin, selectors.EVENT_WRITE)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                for key, _ in selector.select(remaining):
+                    if key.fd == exited:
+                        return True
+                    try:
+                        pending = pending[os.write(stdin, pending[:1 << 16]):]
+                    except BrokenPipeError:  # the child is gone or will not read
+                        pending = pending[:0]
+                    if not pending:
+                        selector.unregister(stdin)
+                        proc.stdin.close()
+    finally:
+        os.close(exited)
+        if not proc.stdin.closed:
+            proc.stdin.close()
+
+
+def _end(proc: subprocess.Popen, in_namespaces: bool) -> None:
+    """Kills what is left of the run and returns once all of it is gone."""
+    if in_namespaces and proc.poll() is None:
+        # Killed first, the namespace's init is reaped at once by unshare (our child), which then
+        # exits. Killed together with unshare it would be left to the machine's init, which may
+        # take a second or more to reap it.
+        for pid in _children(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _exits_within(proc, 5.0)
+    kill_process_group(proc.pid)
+    proc.wait()
+    _wait_until_gone(proc.pid)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return [int(child) for child in f.read().split()]
+    except OSError:
+        return []
+
+
+def _exits_within(proc: subprocess.Popen, timeout_s: float) -> bool:
+    try:
+        exited = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        try:
+            proc.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(exited, selectors.EVENT_READ)
+            return bool(selector.select(timeout_s))
+    finally:
+        os.close(exited)
+
+
+def _wait_until_gone(pgid: int, limit_s: float = 10.0) -> None:
+    """Waits for the last process of the group to be reaped. Under unshare the program is not our
+    child: killed, it is torn down with its pid namespace and reaped by init a moment later."""
+    deadline, pause = time.monotonic() + limit_s, 0.001
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+    log.warning("process group %d of a sandboxed program is still alive %g s after SIGKILL", pgid, limit_s)
+
+
+def _drain(read_end: int) -> str:
+    """What the child wrote to the channel, without waiting for writers that may still hold it."""
+    fcntl.fcntl(read_end, fcntl.F_SETFL, fcntl.fcntl(read_end, fcntl.F_GETFL) | os.O_NONBLOCK)
+    chunks, size = [], 0
+    while size < _CHANNEL_LIMIT:
+        try:
+            chunk = os.read(read_end, 1 << 16)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks).decode("utf-8", errors="replace")
 
 
 def kill_process_group(pgid: int) -> None:
@@ -152,15 +354,25 @@ def kill_process_group(pgid: int) -> None:
         pass
 
 
-def _outcome(root: str, timed_out: bool, returncode: int | None, limits: Limits) -> tuple[str, str]:
+def _outcome(channel: str, nonce: str, timed_out: bool, returncode: int | None, limits: Limits,
+             isolation: _Isolation) -> tuple[str, str, tuple[str, ...]]:
+    """Status, reason and the kernel layers the child reported (on its first line, written
+    before the program ran)."""
+    lines = channel.splitlines()
+    applied = tuple(lines[0].split(" ", 1)[1].split(",")) if lines and lines[0].startswith("layers ") else ()
+    applied = tuple(layer for layer in applied if layer)
+    _warn_about_unapplied(lines, limits)
+    missing = [layer for layer in isolation.expected if not any(a.startswith(layer) for a in applied)]
+    if limits.os_isolation == "require" and missing:
+        return ERROR, f"OS isolation required but not in force: {', '.join(missing)}", applied
+    if f"passed {nonce}\n" in channel:
+        return PASSED, "", applied
     if timed_out:
-        return TIMED_OUT, f"exceeded the {limits.timeout_s:g} s time limit"
-    try:
-        with open(os.path.join(root, _RESULT), encoding="utf-8") as f:
-            result = json.load(f)
-        return result["status"], result.get("reason", "")
-    except (OSError, ValueError, KeyError):
-        return ERROR, _exit_reason(returncode)
+        return TIMED_OUT, f"exceeded the {limits.timeout_s:g} s time limit", applied
+    failures = [line[len("failed "):] for line in lines if line.startswith("failed ")]
+    if failures:
+        return FAILED, failures[-1], applied
+    return ERROR, _exit_reason(returncode), applied
 
 
 def _exit_reason(returncode: int | None) -> str:
@@ -181,218 +393,116 @@ def _tail(path: str) -> str:
         return ""
 
 
-# ----------------------------------------------------------------------------- child side
+# ----------------------------------------------------------------------------- the OS layer
 
-class SandboxViolation(PermissionError):
-    """Raised inside the child when the program attempts a refused operation."""
+@dataclasses.dataclass(frozen=True)
+class _Isolation:
+    """How runs are isolated by the kernel on this machine."""
+    command_prefix: tuple[str, ...] = ()  # unshare and its flags, () without namespaces
+    kernel_layers: bool = False           # a first stage installs Landlock and seccomp
+    expected: tuple[str, ...] = ()        # layer names the child should report in force
+    missing: tuple[str, ...] = ()         # one line per missing layer: what and why
 
 
-_BLOCKED_EVENTS = frozenset({
-    "os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.spawn", "os.system", "os.startfile",
-    "subprocess.Popen",
-    "os.kill", "os.killpg", "signal.pthread_kill",
-    "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg",
-    "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex",
-    "socket.gethostbyaddr", "socket.getnameinfo",
-    "resource.setrlimit", "resource.prlimit",
-    "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.cdata", "ctypes.cdata/buffer",
-    "gc.get_objects", "gc.get_referrers", "gc.get_referents",
-})
-# Events whose path arguments (by position) name a file that is modified; True: follow symlinks.
-_PATH_EVENTS = {
-    "os.remove": ((0, 1, False),),
-    "os.rmdir": ((0, 1, False),),
-    "os.mkdir": ((0, 2, False),),
-    "os.rename": ((0, 2, False), (1, 3, False)),
-    "os.link": ((0, 2, True), (1, 3, False)),
-    "os.symlink": ((1, 2, False),),
-    "os.chmod": ((0, 2, True),),
-    "os.chown": ((0, 3, True),),
-    "os.utime": ((0, 3, True),),
-    "os.truncate": ((0, None, True),),
-    "os.setxattr": ((0, None, True),),
-    "os.removexattr": ((0, None, True),),
-    "os.chflags": ((0, None, True),),
-    "os.lchflags": ((0, None, False),),
-    "os.lchmod": ((0, None, False),),
-    "shutil.rmtree": ((0, 1, False),),
+_NO_ISOLATION = _Isolation()
+# New user (mapped to nobody, so the program holds no capability even there), pid (the program is
+# pid 1; killing it ends everything it started), network (only a loopback that is down), IPC and
+# mount (for a /proc that shows only the namespace) namespaces. util-linux before 2.38 lacks
+# --map-user; mapping to root in the namespace is the fallback.
+_NAMESPACE_FLAGS = (
+    ("--user", "--map-user=65534", "--map-group=65534"),
+    ("--user", "--map-root-user"),
+)
+_COMMON_NAMESPACE_FLAGS = ("--pid", "--fork", "--kill-child", "--net", "--ipc", "--mount-proc")
+_CONSEQUENCES = {
+    "namespaces": "the network, other processes' /proc entries and processes that outlive the run "
+                  "are kept from the program by the guard, seccomp and Landlock alone",
+    "seccomp": "a program that gets past the in-process guard can start processes and open sockets",
+    "landlock": "a program that gets past the in-process guard can write wherever the user can",
 }
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-_ALLOWED_WRITE_PATHS = frozenset({"/dev/null"})
+
+_detected: _Isolation | None = None
+_detect_lock = threading.Lock()
+_warned: set[str] = set()
 
 
-def _resolve(path, dir_fd, follow: bool) -> str:
-    """Absolute real path of a path argument (str, bytes, PathLike or fd), honouring ``dir_fd``."""
-    if isinstance(path, int):
-        return os.readlink(f"/proc/self/fd/{path}")
-    path = os.fsdecode(os.fspath(path))
-    if not os.path.isabs(path):
-        base = os.getcwd() if dir_fd in (None, -1) else os.readlink(f"/proc/self/fd/{dir_fd}")
-        path = os.path.join(base, path)
-    if follow:
-        return os.path.realpath(path)
-    head, name = os.path.split(os.path.normpath(path))
-    return os.path.join(os.path.realpath(head), name)
+def _isolation(mode: str) -> _Isolation:
+    """The layers to use for ``mode``; warns once (auto) or raises (require) about missing ones."""
+    if mode == "off":
+        return _NO_ISOLATION
+    isolation = _detect_once()
+    if isolation.missing:
+        if mode == "require":
+            raise SandboxUnavailable("OS isolation for sandboxed programs is not available: "
+                                     + "; ".join(isolation.missing))
+        for line in isolation.missing:
+            _warn_once(line)
+    return isolation
 
 
-def _file_mode(path: str) -> int:
+def _detect_once() -> _Isolation:
+    global _detected
+    with _detect_lock:
+        if _detected is None:
+            _detected = _detect()
+        return _detected
+
+
+def _detect() -> _Isolation:
+    prefix, namespace_problem = _namespace_prefix()
+    seccomp_problem = _sandbox_kernel.seccomp_unavailable_reason()
+    landlock_problem = "" if _sandbox_kernel.landlock_abi() >= 1 else "Landlock is not offered by this kernel"
+    problems = {"namespaces": namespace_problem, "landlock": landlock_problem, "seccomp": seccomp_problem}
+    missing = tuple(f"no {layer} ({problem}): {_CONSEQUENCES[layer]}"
+                    for layer, problem in problems.items() if problem)
+    expected = tuple(layer for layer, problem in problems.items() if not problem)
+    return _Isolation(command_prefix=prefix, kernel_layers=not (seccomp_problem and landlock_problem),
+                      expected=expected, missing=missing)
+
+
+def _namespace_prefix() -> tuple[tuple[str, ...], str]:
+    """The unshare command that works here, or () and why none does."""
+    unshare = shutil.which("unshare", path="/usr/bin:/bin:/usr/sbin:/sbin")
+    if unshare is None:
+        return (), "util-linux unshare is not installed"
+    problem = ""
+    for flags in _NAMESPACE_FLAGS:
+        prefix = (unshare, *flags, *_COMMON_NAMESPACE_FLAGS, "--")
+        problem = _namespace_problem(prefix)
+        if not problem:
+            return prefix, ""
+    return (), problem
+
+
+def _namespace_problem(prefix: tuple[str, ...]) -> str:
+    """Why the program would not run as pid 1 inside ``prefix``, "" when it would."""
+    probe = [*prefix, sys.executable, "-I", "-S", "-c", "import os; assert os.getpid() == 1"]
     try:
-        return os.stat(path).st_mode
-    except OSError:
-        return 0
+        done = subprocess.run(probe, stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+                              env=_child_env("/"))
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"{' '.join(prefix[:1])}: {error}"
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"unshare exited with code {done.returncode}"
+    return ""
 
 
-def _is_device(path: str) -> bool:
-    mode = _file_mode(path)
-    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+def _warn_about_unapplied(lines: list[str], limits: Limits) -> None:
+    """The child could not apply a layer that detection found (written before the program ran)."""
+    if limits.os_isolation == "off":
+        return
+    for line in lines[1:]:
+        if not line.startswith("unapplied "):
+            break  # the program's own output starts here
+        layer, _, why = line[len("unapplied "):].partition(": ")
+        _warn_once(f"no {layer} ({why}): {_CONSEQUENCES.get(layer, 'a layer the machine offers is missing')}")
 
 
-def _is_block_device(path: str) -> bool:
-    return stat.S_ISBLK(_file_mode(path))
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root + os.sep)
-
-
-def _make_audit_hook(root: str, bootstrap_modules: frozenset):
-    """The child's audit hook: refuses process, signal, network and outside-file operations."""
-
-    def refuse(event, detail=""):
-        raise SandboxViolation(f"sandbox: {event} {detail}".strip())
-
-    def check_path(event, args, index, dir_index, follow):
-        if index >= len(args) or args[index] is None:
+def _warn_once(line: str) -> None:
+    with _detect_lock:
+        if line in _warned:
             return
-        dir_fd = args[dir_index] if dir_index is not None and dir_index < len(args) else None
-        try:
-            path = _resolve(args[index], dir_fd, follow)
-        except (OSError, TypeError, ValueError):
-            refuse(event, "on an unresolvable path")
-        if not _inside(path, root):
-            refuse(event, f"outside the sandbox: {path}")
-
-    def check_open(args):
-        path, mode, flags = (tuple(args) + (None, None, 0))[:3]
-        if path is None or isinstance(path, int):
-            return  # an already open descriptor
-        writes = bool((flags or 0) & _WRITE_FLAGS) or any(c in (mode or "") for c in "wax+")
-        resolved = _resolve(path, None, True)
-        if writes and resolved in _ALLOWED_WRITE_PATHS:
-            return
-        if _is_device(resolved) and (writes or _is_block_device(resolved)):
-            refuse("open of a device", resolved)  # e.g. one made with os.mknod in the sandbox
-        if _inside(resolved, root):
-            return
-        if writes:
-            refuse("open for writing", f"outside the sandbox: {resolved}")
-        if os.path.isdir(resolved):
-            refuse("open of a directory", f"outside the sandbox: {resolved}")
-
-    def hook(event, args):
-        if event in _BLOCKED_EVENTS:
-            refuse(event)
-        elif event == "open":
-            check_open(args)
-        elif event in _PATH_EVENTS:
-            for index, dir_index, follow in _PATH_EVENTS[event]:
-                check_path(event, args, index, dir_index, follow)
-        elif event == "socket.__new__" and len(args) > 1 and args[1] not in (-1, _AF_UNIX):
-            refuse("socket creation", f"(family {args[1]})")
-        elif event == "ctypes.dlopen" and args and args[0] is not None:
-            refuse(event, str(args[0]))
-        elif event == "import" and args and args[0] in bootstrap_modules:
-            refuse("re-import of", args[0])
-
-    return hook
-
-
-_AF_UNIX = 1
-
-
-def _user_task_count(uid: int) -> int:
-    """Tasks (processes and threads) of ``uid``: what RLIMIT_NPROC counts."""
-    count = 0
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/status", encoding="ascii", errors="replace") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-            if int(fields["Uid"].split()[0]) == uid:
-                count += int(fields["Threads"])
-        except (OSError, KeyError, ValueError):
-            continue
-    return count
-
-
-def _set_limit(kind: int, value: int) -> None:
-    _, hard = resource.getrlimit(kind)
-    if hard != resource.RLIM_INFINITY:
-        value = min(value, hard)
-    resource.setrlimit(kind, (value, hard))
-
-
-def _apply_limits(limits: dict) -> None:
-    _set_limit(resource.RLIMIT_AS, int(limits["memory_bytes"]))
-    _set_limit(resource.RLIMIT_FSIZE, int(limits["file_bytes"]))
-    _set_limit(resource.RLIMIT_NOFILE, int(limits["open_files"]))
-    _set_limit(resource.RLIMIT_CPU, int(math.ceil(limits["timeout_s"])) + 1)
-    _set_limit(resource.RLIMIT_CORE, 0)
-    if os.getuid() != 0:  # the kernel does not apply RLIMIT_NPROC to root
-        _set_limit(resource.RLIMIT_NPROC, _user_task_count(os.getuid()) + int(limits["extra_processes"]))
-
-
-def _disable_fork_exec():
-    """Replaces ``_posixsubprocess.fork_exec``, which spawns without an audit event."""
-    import _posixsubprocess
-
-    def fork_exec(*args, **kwargs):
-        raise SandboxViolation("sandbox: _posixsubprocess.fork_exec")
-
-    _posixsubprocess.fork_exec = fork_exec
-    return frozenset({"_posixsubprocess"})
-
-
-def _write_result(result_file, status: str, reason: str = "") -> None:
-    result_file.write(json.dumps({"status": status, "reason": reason[:_REASON_CHARS]}))
-    result_file.flush()
-
-
-def _describe(error: BaseException) -> str:
-    """``Type: message (line N)`` with the last line of the program on the traceback."""
-    text = f"{type(error).__name__}: {error}".rstrip(": ")
-    line, tb = None, error.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == _PROGRAM:
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return f"{text} (line {line})" if line is not None else text
-
-
-def _child_main(root: str) -> None:
-    """Entry point of the child: limits, audit hook, then the program in fresh globals."""
-    with open(os.path.join(root, _CONFIG), encoding="utf-8") as f:
-        limits = json.load(f)
-    with open(os.path.join(root, _PROGRAM), encoding="utf-8") as f:
-        source = f.read()
-    # stream: opened before the limits and the audit hook, written once the program has ended
-    result_file = open(os.path.join(root, _RESULT), "w", encoding="utf-8")
-    _apply_limits(limits)
-    sys.addaudithook(_make_audit_hook(os.path.join(root, _WORK), _disable_fork_exec()))
-    try:
-        exec(compile(source, _PROGRAM, "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-    except BaseException as error:  # SystemExit included: a program that exits has not passed
-        _write_result(result_file, FAILED, _describe(error))
-    else:
-        _write_result(result_file, PASSED)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(0)
-
-
-if __name__ == "__main__":
-    _child_main(sys.argv[1])
+        _warned.add(line)
+    log.warning("lm.eval.sandbox runs untrusted programs with %s. Limits(os_isolation='off') runs "
+                "without the OS layer and without this warning; 'require' refuses to run.", line)
