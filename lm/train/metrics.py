@@ -11,6 +11,7 @@ import numpy as np
 
 from lm.fileio import append_text, write_atomically
 from lm.models.config import ModelConfig
+from lm.train.tensorboard import EventFile
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,7 @@ class MetricsWriter:
             os.makedirs(workdir, exist_ok=True)
             repair_torn_tail(self.path)
             try:
-                from tensorboardX import SummaryWriter
-                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                self._tb = EventFile(os.path.join(workdir, "tensorboard"))
             except ImportError:  # TensorBoard is optional; metrics.jsonl is the record
                 self._tb = None
 
@@ -67,12 +67,14 @@ class MetricsWriter:
             if self._tb is not None:
                 for key, value in row.items():
                     if key != "step":
-                        self._tb.add_scalar(key, value, step)
+                        self._tb.scalar(key, value, step)
+                self._tb.flush()
         return row
 
     def write_text(self, step: int, tag: str, text: str) -> None:
         if self.enabled and self._tb is not None:
-            self._tb.add_text(tag, text, step)
+            self._tb.text(tag, text, step)
+            self._tb.flush()
 
     def close(self) -> None:
         if self._tb is not None:
