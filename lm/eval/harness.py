@@ -22,7 +22,6 @@ which this model does not use.
 """
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
@@ -40,22 +39,17 @@ from tqdm import tqdm
 
 from lm.configlib import ConfigError
 from lm.data.vocab import unknown_characters
+from lm.eval.harness_args import (  # noqa: F401  (ModelArgsError and the rest stay importable here)
+    LATEST_STEP_WORDS, MODEL_ARGS, MODEL_ARGS_FORM, MODEL_NAME, ModelArgsError, check_trained_workdir,
+    checkpoint_step, command_line_model_args, integer_argument, latest_checkpoint_step,
+    model_arguments)
 from lm.eval.trained import scorer_from_workdir
 from lm.train.checkpoint import CheckpointError
 
-MODEL_NAME = "lm"
-MODEL_ARGS = ("workdir", "step", "batch_size", "seed")
-MODEL_ARGS_FORM = "workdir=RUN[,step=N][,batch_size=B][,seed=S]"
 DEFAULT_BATCH_SIZE = 16
 HARNESS_DEFAULT_BATCH_SIZE = 1  # what lm_eval's --batch_size is when not given
-LATEST_STEP_WORDS = ("", "none", "latest")
 
 logger = logging.getLogger(__name__)
-
-
-class ModelArgsError(ConfigError):
-    """--model_args of --model lm are wrong; the message names the argument and the fix, and
-    stands alone (lm_eval may show it with no other context)."""
 
 
 @register_model(MODEL_NAME)
@@ -203,17 +197,6 @@ def results_folder_name(workdir: str, step: Optional[int]) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]+", "_", f"{name}_{suffix}")
 
 
-def latest_checkpoint_step(workdir: str) -> Optional[int]:
-    """The newest complete checkpoint of ``workdir``: orbax names each ``checkpoints/<step>``
-    and renames it there only once it is written."""
-    try:
-        names = os.listdir(os.path.join(workdir, "checkpoints"))
-    except OSError:
-        return None
-    steps = [int(name) for name in names if name.isdigit()]
-    return max(steps) if steps else None
-
-
 def results_model_name(model_args) -> Optional[str]:
     """The results folder for model_args (a string or lm_eval's parsed dict) of this model;
     None for other models' arguments, which have no ``workdir``."""
@@ -245,80 +228,6 @@ def _name_results_after_the_checkpoint() -> None:
 _name_results_after_the_checkpoint()
 
 
-def model_arguments(arg_dict: dict) -> dict:
-    """The constructor's keyword arguments from --model_args, whose values may be strings or what
-    lm_eval's parser guessed (int, float, bool, None); refuses unknown or missing ones by name."""
-    unknown = sorted(set(arg_dict) - set(MODEL_ARGS))
-    if unknown:
-        raise ModelArgsError(f"unknown model_args {unknown} for --model {MODEL_NAME}"
-                             f"{_close_matches(unknown)}; expected {MODEL_ARGS_FORM}")
-    workdir = arg_dict.get("workdir")
-    if workdir is None or str(workdir).strip() == "":
-        raise ModelArgsError(f"--model {MODEL_NAME} needs model_args workdir=RUN: the training "
-                             f"workdir (its config.json and checkpoints/); expected {MODEL_ARGS_FORM}")
-    arguments: dict[str, Any] = {"workdir": str(workdir)}
-    if "step" in arg_dict:
-        arguments["step"] = checkpoint_step(arg_dict["step"])
-    if "batch_size" in arg_dict:
-        arguments["batch_size"] = integer_argument("batch_size", arg_dict["batch_size"], minimum=1)
-    if "seed" in arg_dict:
-        arguments["seed"] = integer_argument("seed", arg_dict["seed"])
-    return arguments
-
-
-def _close_matches(names: Sequence[str]) -> str:
-    """' (did you mean 'step'?)' for misspelt model_args."""
-    hints = [f"{name!r}: did you mean {close[0]!r}?" for name in names
-             if (close := difflib.get_close_matches(name, MODEL_ARGS, n=1, cutoff=0.6))]
-    return f" ({'; '.join(hints)})" if hints else ""
-
-
-def check_trained_workdir(workdir: str) -> None:
-    """Refuses a model_args workdir that no training run wrote, naming the argument."""
-    if not os.path.isdir(workdir):
-        missing = "there is no such folder"
-    elif not os.path.isfile(os.path.join(workdir, "config.json")):
-        missing = "it has no config.json"
-    elif latest_checkpoint_step(workdir) is None:
-        missing = "it has no checkpoint yet"
-    else:
-        return
-    raise ModelArgsError(f"model_args workdir={workdir} (--model {MODEL_NAME}): {workdir} is not a "
-                         f"training workdir ({missing}); give the workdir of a training run "
-                         "(python -m launch.main ... --workdir=RUN)")
-
-
-def command_line_model_args(argv: Sequence[str]) -> dict:
-    """--model_args of an lm_eval command line as lm_eval reads them: 'k=v,k2=v2' or 'k=v k2=v2'
-    (or one JSON object), values as strings; a piece without '=' is refused by name."""
-    values, index = [], 0
-    while index < len(argv):
-        argument = argv[index]
-        if argument.startswith("--model_args="):
-            values.append(argument.split("=", 1)[1])
-        elif argument in ("--model_args", "-a"):
-            while index + 1 < len(argv) and not argv[index + 1].startswith("-"):
-                index += 1
-                values.append(argv[index])
-        index += 1
-    if values and values[0].lstrip().startswith("{"):
-        try:
-            parsed = json.loads(values[0])
-        except json.JSONDecodeError as e:
-            raise ModelArgsError(f"--model_args {values[0]!r} is not a JSON object ({e}); give "
-                                 f"--model_args {MODEL_ARGS_FORM}") from None
-        if isinstance(parsed, dict):
-            return parsed
-    arguments = {}
-    for piece in (piece for value in values for piece in value.split(",") if piece.strip()):
-        key, equals, value = piece.partition("=")
-        if not equals or not key.strip():
-            raise ModelArgsError(f"--model_args piece {piece!r} is not key=value; give --model_args "
-                                 f"{MODEL_ARGS_FORM}")
-        arguments[key.strip()] = value
-    return arguments
-
-
 def check_command_line(argv: Sequence[str]) -> None:
     """--model_args of --model lm checked before lm_eval starts, so that a mistake is one line."""
     if model_from_argv(argv) != MODEL_NAME:
@@ -336,30 +245,6 @@ def warn_unknown_characters(vocab, request_type: str, requests: Sequence) -> Non
     if unknown:
         logger.warning("%s requests: characters not in the vocabulary, encoded as <unk>: %s",
                        request_type, ", ".join(map(repr, unknown)))
-
-
-def checkpoint_step(value) -> Optional[int]:
-    """A step number, or None (the latest checkpoint) for an empty value, 'none' or 'latest'."""
-    if value is None or str(value).strip().lower() in LATEST_STEP_WORDS:
-        return None
-    return integer_argument("step", value, minimum=0)
-
-
-def integer_argument(name: str, value, minimum: Optional[int] = None) -> int:
-    """``value`` as an int: lm_eval passes model_args as strings or as guessed types."""
-    number = None
-    if isinstance(value, float) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:
-            number = int(str(value).strip())
-        except ValueError:
-            pass
-    if number is None or (minimum is not None and number < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
-        raise ModelArgsError(f"model_args {name}={value!r} is not an integer{bound} (--model "
-                             f"{MODEL_NAME}; expected {MODEL_ARGS_FORM})")
-    return number
 
 
 def harness_batch_size(harness_config: dict) -> int:

@@ -61,7 +61,7 @@ class SpikeWatch:
         raise RunStopped(
             f"training diverged: {why} at step {step} after {self.rollbacks} rollback(s) "
             f"(config.train.spike_max_rollbacks={self.cfg.spike_max_rollbacks}); {kept}. Lower "
-            f"config.optimizer.learning_rate or raise warmup; events are in {self.path}.")
+            f"config.optimizer.lr or raise config.optimizer.warmup_steps; events are in {self.path}.")
 
     def rolled_back(self, step: int, to_step: int, why: str) -> None:
         self.rollbacks += 1
