@@ -18,11 +18,11 @@ import uuid
 
 import pytest
 
-from lm.eval import _sandbox_child, sandbox
+from lm.eval import _sandbox_guard, _sandbox_isolation, _sandbox_process, sandbox
 from tests.helpers import ROOT
 
 MODES = ["auto", "off"]
-OS_LAYER_MISSING = sandbox._detect_once().missing
+OS_LAYER_MISSING = _sandbox_isolation.detect_once().missing
 needs_os_layer = pytest.mark.skipif(bool(OS_LAYER_MISSING), reason="; ".join(OS_LAYER_MISSING))
 
 
@@ -299,9 +299,10 @@ def test_rebinding_the_guard_does_not_disable_it(tmp_path, mode):
         while frame is not None:
             namespaces.append(frame.f_globals)
             frame = frame.f_back
+        namespaces.append(os.mkfifo.__globals__)  # the guard's, held by what it put in os.mkfifo's place
         try:
-            import lm.eval.sandbox, lm.eval._sandbox_child
-            namespaces += [vars(lm.eval.sandbox), vars(lm.eval._sandbox_child)]
+            import lm.eval.sandbox, lm.eval._sandbox_child, lm.eval._sandbox_guard
+            namespaces += [vars(lm.eval.sandbox), vars(lm.eval._sandbox_child), vars(lm.eval._sandbox_guard)]
         except (ImportError, PermissionError):  # Landlock hides the repository
             pass
         for namespace in namespaces:
@@ -337,9 +338,9 @@ def test_rebinding_the_guard_does_not_disable_it(tmp_path, mode):
 def test_guard_functions_look_up_no_global_names():
     """The hook and the functions it calls are reachable through frames (a signal handler or finalizer that
     runs while the hook does): they must not depend on anything the program could rebind."""
-    hook = _sandbox_child.make_audit_hook("/nonexistent", 1)
-    called = [_sandbox_child._path_text, _sandbox_child._descriptor_path, _sandbox_child._real_path,
-               _sandbox_child._climbs_out, _sandbox_child._open_refusal, _sandbox_child._path_refusal]
+    hook = _sandbox_guard.make_audit_hook("/nonexistent", 1)
+    called = [_sandbox_guard._path_text, _sandbox_guard._descriptor_path, _sandbox_guard._real_path,
+               _sandbox_guard._climbs_out, _sandbox_guard._open_refusal, _sandbox_guard._path_refusal]
     for function in called + [hook]:
         lookups = [f"{ins.opname} {ins.argval}" for ins in dis.get_instructions(function)
                    if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME", "STORE_GLOBAL", "DELETE_GLOBAL",
@@ -587,13 +588,13 @@ def test_nothing_started_in_the_namespace_outlives_it():
     # the marker is assembled at run time: the starter's own command line must not contain it
     starter = (f"import os, time\nif os.fork() == 0:\n    os.setsid()\n"
                f"    os.execv('/bin/sleep', ['{marker[::-1]}'[::-1], '30'])\ntime.sleep(30)")
-    proc = subprocess.Popen([*sandbox._detect_once().command_prefix, sys.executable, "-c", starter],
+    proc = subprocess.Popen([*_sandbox_isolation.detect_once().command_prefix, sys.executable, "-c", starter],
                             start_new_session=True)
     deadline = time.monotonic() + 10
     while not _processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _processes_with(marker), "the orphan did not start"
-    sandbox._end(proc, in_namespaces=True)  # how run_program ends a run that timed out
+    _sandbox_process.end(proc, in_namespaces=True)  # how run_program ends a run that timed out
     while _processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.01)
     survivors = _processes_with(marker)
@@ -678,16 +679,16 @@ def test_kernel_layers_hold_without_the_guard(tmp_path):
 
 
 def test_require_refuses_to_run_without_the_os_layer(monkeypatch):
-    missing = sandbox._Isolation(missing=("no namespaces (test): consequences",))
-    monkeypatch.setattr(sandbox, "_detected", missing)
+    missing = _sandbox_isolation.Isolation(missing=("no namespaces (test): consequences",))
+    monkeypatch.setattr(_sandbox_isolation, "_detected", missing)
     with pytest.raises(sandbox.SandboxUnavailable, match="no namespaces"):
         sandbox.run_program("pass", limits("require"))
 
 
 def test_auto_warns_once_and_runs_without_the_os_layer(monkeypatch, caplog):
-    missing = sandbox._Isolation(missing=("no landlock (test): consequences",))
-    monkeypatch.setattr(sandbox, "_detected", missing)
-    monkeypatch.setattr(sandbox, "_warned", set())
+    missing = _sandbox_isolation.Isolation(missing=("no landlock (test): consequences",))
+    monkeypatch.setattr(_sandbox_isolation, "_detected", missing)
+    monkeypatch.setattr(_sandbox_isolation, "_warned", set())
     results = [sandbox.run_program("pass", limits("auto")) for _ in range(2)]
     assert [r.status for r in results] == [sandbox.PASSED] * 2 and results[0].isolation == ()
     warnings = [r for r in caplog.records if "no landlock (test)" in r.getMessage()]

@@ -2,7 +2,12 @@
 
 ``run_program(source, limits)`` runs the program in a fresh temporary directory, in a child
 Python (``python -I -B`` running lm/eval/_sandbox_child.py) that leads a new process group, and
-SIGKILLs the whole group at the end; docs/sandbox.md describes the design and its limits.
+SIGKILLs the whole group at the end; docs/sandbox.md describes the design and its limits. This
+module sets up each run and judges how it ended; the rest is in lm/eval/_sandbox_isolation.py
+(which kernel layers the machine offers), lm/eval/_sandbox_process.py (starting, waiting for and
+ending the child), lm/eval/_sandbox_kernel.py (Landlock and seccomp, installed by a first stage)
+and, for the child, lm/eval/_sandbox_child.py (limits, the program, its verdict) with
+lm/eval/_sandbox_guard.py (the audit hook and the replaced primitives).
 
 What is enforced:
 
@@ -49,25 +54,18 @@ less what Landlock hides. Kernel exploits and CPU side channels are out of scope
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import functools
 import json
-import logging
 import marshal
 import os
 import secrets
-import selectors
-import shutil
 import signal
-import site
-import subprocess
 import sys
-import sysconfig
 import tempfile
-import threading
 import time
 
-from lm.eval import _sandbox_child, _sandbox_kernel
+from lm.eval import _sandbox_child, _sandbox_isolation, _sandbox_kernel, _sandbox_process
+from lm.eval._sandbox_process import kill_process_group as kill_process_group  # public API
 
 PASSED = "passed"
 FAILED = "failed"
@@ -78,14 +76,12 @@ OS_ISOLATION_MODES = ("auto", "require", "off")
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _CHILD_SOURCE = os.path.join(_HERE, "_sandbox_child.py")
+_GUARD_SOURCE = os.path.join(_HERE, "_sandbox_guard.py")
 _KERNEL_SOURCE = os.path.join(_HERE, "_sandbox_kernel.py")
 _STDOUT = "stdout.txt"
 _STDERR = "stderr.txt"
 _WORK = "work"
 _TAIL_CHARS = 2000
-_CHANNEL_LIMIT = 1 << 20  # the program can write junk into the channel; read no more than this
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,55 +135,52 @@ def run_program(source: str, limits: Limits = Limits()) -> Result:
         work = os.path.join(root, _WORK)
         os.mkdir(work)
         nonce = secrets.token_hex(16)
+        outputs = (os.path.join(root, _STDOUT), os.path.join(root, _STDERR))
         start = time.monotonic()
-        pid, timed_out, returncode, channel = _run_child(root, work, source, nonce, limits, isolation)
+        pid, timed_out, returncode, channel = _sandbox_process.run_child(
+            _child_command(work, isolation),
+            lambda channel_fd: _child_stdin(source, work, nonce, channel_fd, limits, isolation),
+            work, outputs, limits.timeout_s, in_namespaces=bool(isolation.command_prefix))
         elapsed = time.monotonic() - start
         status, reason, applied = _outcome(channel, nonce, timed_out, returncode, limits, isolation)
-        return Result(status=status, reason=reason, stdout=_tail(os.path.join(root, _STDOUT)),
-                      stderr=_tail(os.path.join(root, _STDERR)), elapsed_s=elapsed, pid=pid,
-                      workdir=work, isolation=applied)
+        return Result(status=status, reason=reason, stdout=_tail(outputs[0]), stderr=_tail(outputs[1]),
+                      elapsed_s=elapsed, pid=pid, workdir=work, isolation=applied)
+
+
+def _isolation(mode: str) -> _sandbox_isolation.Isolation:
+    """The layers to use for ``mode``; warns once (auto) or raises (require) about missing ones."""
+    if mode == "off":
+        return _sandbox_isolation.NO_ISOLATION
+    isolation = _sandbox_isolation.detect_once()
+    if isolation.missing:
+        if mode == "require":
+            raise SandboxUnavailable("OS isolation for sandboxed programs is not available: "
+                                     + "; ".join(isolation.missing))
+        for line in isolation.missing:
+            _sandbox_isolation.warn_once(line)
+    return isolation
 
 
 def _child_stdin(source: str, work: str, nonce: str, channel_fd: int, limits: Limits,
-                 isolation: _Isolation) -> bytes:
-    """What the child reads from stdin: the child's code for the launcher, then the setup. The
-    nonce travels only here, never in argv, the environment or a file."""
-    child_code = _compiled(_CHILD_SOURCE)
+                 isolation: _sandbox_isolation.Isolation) -> bytes:
+    """What the child reads from stdin: the child's code for the launcher, the guard's code, then
+    the setup. The nonce travels only here, never in argv, the environment or a file."""
+    child_code, guard_code = _compiled(_CHILD_SOURCE), _compiled(_GUARD_SOURCE)
     setup = json.dumps({
         "source": source, "workdir": work, "limits": dataclasses.asdict(limits), "nonce": nonce,
         "channel_fd": channel_fd, "namespaces": bool(isolation.command_prefix), "outer_uid": os.getuid(),
     }).encode()
-    return b"%d\n" % len(child_code) + child_code + setup
+    return b"%d\n" % len(child_code) + child_code + b"%d\n" % len(guard_code) + guard_code + setup
 
 
-def _child_command(work: str, isolation: _Isolation) -> list[str]:
+def _child_command(work: str, isolation: _sandbox_isolation.Isolation) -> list[str]:
     """unshare (namespaces), then the first stage (Landlock, seccomp), then the child proper."""
     command = [*isolation.command_prefix]
     if isolation.kernel_layers:
-        config = {"workdir": work, "readable": _readable_paths(), "writable_files": ["/dev/null"],
-                  "executables": _interpreter_files()}
+        config = _sandbox_isolation.landlock_config(work)
         command += [sys.executable, "-I", "-S", "-B", "-c", _sandbox_kernel.STAGE,
                     _compiled(_KERNEL_SOURCE).hex(), marshal.dumps(config).hex()]
     return command + [sys.executable, "-I", "-B", "-c", _sandbox_child.LAUNCHER]
-
-
-@functools.lru_cache(maxsize=None)
-def _readable_paths() -> list[str]:
-    """What Landlock lets the child read: the system's libraries and the Python installation that
-    ``python -I`` sees (standard library, site-packages, the virtual environment)."""
-    places = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-              *sysconfig.get_paths().values(), *site.getsitepackages()]
-    python = [path for place in places if place for path in (place, os.path.realpath(place))]
-    return sorted(set(_sandbox_kernel.SYSTEM_READABLE) | set(python))
-
-
-@functools.lru_cache(maxsize=None)
-def _interpreter_files() -> list[str]:
-    """What Landlock lets the child execute: the interpreter and its dynamic loader, so the first
-    stage can start the child and nothing else can be started."""
-    interpreter = os.path.realpath(sys.executable)
-    loader = _sandbox_kernel.elf_interpreter(interpreter)
-    return [interpreter] + ([os.path.realpath(loader)] if loader else [])
 
 
 @functools.lru_cache(maxsize=None)
@@ -198,170 +191,16 @@ def _compiled(path: str) -> bytes:
         return marshal.dumps(compile(f.read(), path, "exec"))
 
 
-def _child_env(work: str) -> dict[str, str]:
-    """A minimal environment: no proxies, no credentials, single-threaded numeric libraries."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8",
-           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[name] = "1"
-    return env
-
-
-def _run_child(root: str, work: str, source: str, nonce: str, limits: Limits,
-               isolation: _Isolation) -> tuple[int, bool, int | None, str]:
-    """Starts the child as the leader of a new process group, holding the result channel's write
-    end; writes its stdin, waits up to the time limit, kills the group, reads the channel."""
-    read_end, write_end = os.pipe()
-    stdin = _child_stdin(source, work, nonce, write_end, limits, isolation)
-    try:
-        # stream: the child's stdout and stderr, written by the child while it runs
-        with open(os.path.join(root, _STDOUT), "wb") as out, open(os.path.join(root, _STDERR), "wb") as err:
-            proc = subprocess.Popen(
-                _child_command(work, isolation), cwd=work,
-                env=_child_env(work), stdin=subprocess.PIPE, stdout=out, stderr=err,
-                pass_fds=(write_end,), start_new_session=True, close_fds=True)
-            os.close(write_end)
-            write_end = -1
-            try:
-                timed_out = not _feed_and_wait(proc, stdin, limits.timeout_s)
-            finally:
-                _end(proc, in_namespaces=bool(isolation.command_prefix))
-        return proc.pid, timed_out, proc.returncode, _drain(read_end)
-    finally:
-        for fd in (read_end, write_end):
-            if fd >= 0:
-                os.close(fd)
-
-
-def _feed_and_wait(proc: subprocess.Popen, data: bytes, timeout_s: float) -> bool:
-    """Writes ``data`` to the child's stdin and waits for it to exit; False if it is still running
-    after ``timeout_s``. A pidfd wakes this up the moment the child exits (Popen.wait polls with
-    sleeps that double up to 50 ms, which would be most of a short run's time)."""
-    try:
-        exited = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):  # not Linux 5.3+
-        try:
-            proc.communicate(data, timeout=timeout_s)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    deadline, pending = time.monotonic() + timeout_s, memoryview(data)
-    stdin = proc.stdin.fileno()
-    os.set_blocking(stdin, False)
-    try:
-        with selectors.DefaultSelector() as selector:
-            selector.register(exited, selectors.EVENT_READ)
-            selector.register(stdin, selectors.EVENT_WRITE)
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                for key, _ in selector.select(remaining):
-                    if key.fd == exited:
-                        return True
-                    try:
-                        pending = pending[os.write(stdin, pending[:1 << 16]):]
-                    except BrokenPipeError:  # the child is gone or will not read
-                        pending = pending[:0]
-                    if not pending:
-                        selector.unregister(stdin)
-                        proc.stdin.close()
-    finally:
-        os.close(exited)
-        if not proc.stdin.closed:
-            proc.stdin.close()
-
-
-def _end(proc: subprocess.Popen, in_namespaces: bool) -> None:
-    """Kills what is left of the run and returns once all of it is gone."""
-    if in_namespaces and proc.poll() is None:
-        # Killed first, the namespace's init is reaped at once by unshare (our child), which then
-        # exits. Killed together with unshare it would be left to the machine's init, which may
-        # take a second or more to reap it.
-        for pid in _children(proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        _exits_within(proc, 5.0)
-    kill_process_group(proc.pid)
-    proc.wait()
-    _wait_until_gone(proc.pid)
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
-            return [int(child) for child in f.read().split()]
-    except OSError:
-        return []
-
-
-def _exits_within(proc: subprocess.Popen, timeout_s: float) -> bool:
-    try:
-        exited = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        try:
-            proc.wait(timeout=timeout_s)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    try:
-        with selectors.DefaultSelector() as selector:
-            selector.register(exited, selectors.EVENT_READ)
-            return bool(selector.select(timeout_s))
-    finally:
-        os.close(exited)
-
-
-def _wait_until_gone(pgid: int, limit_s: float = 10.0) -> None:
-    """Waits for the last process of the group to be reaped. Under unshare the program is not our
-    child: killed, it is torn down with its pid namespace and reaped by init a moment later."""
-    deadline, pause = time.monotonic() + limit_s, 0.001
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            pass
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
-    log.warning("process group %d of a sandboxed program is still alive %g s after SIGKILL", pgid, limit_s)
-
-
-def _drain(read_end: int) -> str:
-    """What the child wrote to the channel, without waiting for writers that may still hold it."""
-    fcntl.fcntl(read_end, fcntl.F_SETFL, fcntl.fcntl(read_end, fcntl.F_GETFL) | os.O_NONBLOCK)
-    chunks, size = [], 0
-    while size < _CHANNEL_LIMIT:
-        try:
-            chunk = os.read(read_end, 1 << 16)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks).decode("utf-8", errors="replace")
-
-
-def kill_process_group(pgid: int) -> None:
-    """SIGKILLs every process of the group; a group that is already gone is fine."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
+# ----------------------------------------------------------------------------- the verdict
 
 def _outcome(channel: str, nonce: str, timed_out: bool, returncode: int | None, limits: Limits,
-             isolation: _Isolation) -> tuple[str, str, tuple[str, ...]]:
+             isolation: _sandbox_isolation.Isolation) -> tuple[str, str, tuple[str, ...]]:
     """Status, reason and the kernel layers the child reported (on its first line, written
     before the program ran)."""
     lines = channel.splitlines()
     applied = tuple(lines[0].split(" ", 1)[1].split(",")) if lines and lines[0].startswith("layers ") else ()
     applied = tuple(layer for layer in applied if layer)
-    _warn_about_unapplied(lines, limits)
+    _sandbox_isolation.warn_about_unapplied(lines, limits.os_isolation)
     missing = [layer for layer in isolation.expected if not any(a.startswith(layer) for a in applied)]
     if limits.os_isolation == "require" and missing:
         return ERROR, f"OS isolation required but not in force: {', '.join(missing)}", applied
@@ -391,118 +230,3 @@ def _tail(path: str) -> str:
             return f.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
-
-
-# ----------------------------------------------------------------------------- the OS layer
-
-@dataclasses.dataclass(frozen=True)
-class _Isolation:
-    """How runs are isolated by the kernel on this machine."""
-    command_prefix: tuple[str, ...] = ()  # unshare and its flags, () without namespaces
-    kernel_layers: bool = False           # a first stage installs Landlock and seccomp
-    expected: tuple[str, ...] = ()        # layer names the child should report in force
-    missing: tuple[str, ...] = ()         # one line per missing layer: what and why
-
-
-_NO_ISOLATION = _Isolation()
-# New user (mapped to nobody, so the program holds no capability even there), pid (the program is
-# pid 1; killing it ends everything it started), network (only a loopback that is down), IPC and
-# mount (for a /proc that shows only the namespace) namespaces. util-linux before 2.38 lacks
-# --map-user; mapping to root in the namespace is the fallback.
-_NAMESPACE_FLAGS = (
-    ("--user", "--map-user=65534", "--map-group=65534"),
-    ("--user", "--map-root-user"),
-)
-_COMMON_NAMESPACE_FLAGS = ("--pid", "--fork", "--kill-child", "--net", "--ipc", "--mount-proc")
-_CONSEQUENCES = {
-    "namespaces": "the network, other processes' /proc entries and processes that outlive the run "
-                  "are kept from the program by the guard, seccomp and Landlock alone",
-    "seccomp": "a program that gets past the in-process guard can start processes and open sockets",
-    "landlock": "a program that gets past the in-process guard can write wherever the user can",
-}
-
-_detected: _Isolation | None = None
-_detect_lock = threading.Lock()
-_warned: set[str] = set()
-
-
-def _isolation(mode: str) -> _Isolation:
-    """The layers to use for ``mode``; warns once (auto) or raises (require) about missing ones."""
-    if mode == "off":
-        return _NO_ISOLATION
-    isolation = _detect_once()
-    if isolation.missing:
-        if mode == "require":
-            raise SandboxUnavailable("OS isolation for sandboxed programs is not available: "
-                                     + "; ".join(isolation.missing))
-        for line in isolation.missing:
-            _warn_once(line)
-    return isolation
-
-
-def _detect_once() -> _Isolation:
-    global _detected
-    with _detect_lock:
-        if _detected is None:
-            _detected = _detect()
-        return _detected
-
-
-def _detect() -> _Isolation:
-    prefix, namespace_problem = _namespace_prefix()
-    seccomp_problem = _sandbox_kernel.seccomp_unavailable_reason()
-    landlock_problem = "" if _sandbox_kernel.landlock_abi() >= 1 else "Landlock is not offered by this kernel"
-    problems = {"namespaces": namespace_problem, "landlock": landlock_problem, "seccomp": seccomp_problem}
-    missing = tuple(f"no {layer} ({problem}): {_CONSEQUENCES[layer]}"
-                    for layer, problem in problems.items() if problem)
-    expected = tuple(layer for layer, problem in problems.items() if not problem)
-    return _Isolation(command_prefix=prefix, kernel_layers=not (seccomp_problem and landlock_problem),
-                      expected=expected, missing=missing)
-
-
-def _namespace_prefix() -> tuple[tuple[str, ...], str]:
-    """The unshare command that works here, or () and why none does."""
-    unshare = shutil.which("unshare", path="/usr/bin:/bin:/usr/sbin:/sbin")
-    if unshare is None:
-        return (), "util-linux unshare is not installed"
-    problem = ""
-    for flags in _NAMESPACE_FLAGS:
-        prefix = (unshare, *flags, *_COMMON_NAMESPACE_FLAGS, "--")
-        problem = _namespace_problem(prefix)
-        if not problem:
-            return prefix, ""
-    return (), problem
-
-
-def _namespace_problem(prefix: tuple[str, ...]) -> str:
-    """Why the program would not run as pid 1 inside ``prefix``, "" when it would."""
-    probe = [*prefix, sys.executable, "-I", "-S", "-c", "import os; assert os.getpid() == 1"]
-    try:
-        done = subprocess.run(probe, stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
-                              env=_child_env("/"))
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"{' '.join(prefix[:1])}: {error}"
-    if done.returncode != 0:
-        lines = done.stderr.decode(errors="replace").strip().splitlines()
-        return lines[-1] if lines else f"unshare exited with code {done.returncode}"
-    return ""
-
-
-def _warn_about_unapplied(lines: list[str], limits: Limits) -> None:
-    """The child could not apply a layer that detection found (written before the program ran)."""
-    if limits.os_isolation == "off":
-        return
-    for line in lines[1:]:
-        if not line.startswith("unapplied "):
-            break  # the program's own output starts here
-        layer, _, why = line[len("unapplied "):].partition(": ")
-        _warn_once(f"no {layer} ({why}): {_CONSEQUENCES.get(layer, 'a layer the machine offers is missing')}")
-
-
-def _warn_once(line: str) -> None:
-    with _detect_lock:
-        if line in _warned:
-            return
-        _warned.add(line)
-    log.warning("lm.eval.sandbox runs untrusted programs with %s. Limits(os_isolation='off') runs "
-                "without the OS layer and without this warning; 'require' refuses to run.", line)
