@@ -94,8 +94,8 @@ def main(argv) -> None:
 
 
 def spike_overhead(config, trainer, state, batches) -> str:
-    """The guarded and the unguarded step timed in alternating windows (A B A B ...), best of
-    each, so drifts of a shared machine fall on both."""
+    """The guarded and the unguarded step timed in alternating windows (A B, B A, ...): the best
+    of each, and the median ratio of the pairs, so drifts of a shared machine fall on both."""
     from lm.train.loop import Trainer
     guarded = config.train.spike_skip
     other_config = config.copy_and_resolve_references()
@@ -106,11 +106,14 @@ def spike_overhead(config, trainer, state, batches) -> str:
     _, other_state = time_steps(other, other_state, batches, FLAGS.warmup)
     timed = batches[FLAGS.warmup:]
     times: dict = {True: [], False: []}
-    for _ in range(FLAGS.repeats):
-        seconds, state = time_steps(trainer, state, timed, FLAGS.steps)
-        times[guarded].append(seconds)
-        seconds, other_state = time_steps(other, other_state, timed, FLAGS.steps)
-        times[not guarded].append(seconds)
+    for repeat in range(FLAGS.repeats):
+        for which in ((True, False) if repeat % 2 == 0 else (False, True)):  # A B, then B A
+            if which:
+                seconds, state = time_steps(trainer, state, timed, FLAGS.steps)
+                times[guarded].append(seconds)
+            else:
+                seconds, other_state = time_steps(other, other_state, timed, FLAGS.steps)
+                times[not guarded].append(seconds)
     ratios = sorted(on / off for on, off in zip(times[True], times[False]))
     median = ratios[len(ratios) // 2] - 1
     best = min(times[True]) / min(times[False]) - 1

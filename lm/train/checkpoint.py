@@ -97,7 +97,7 @@ class Checkpointer:
                                   data=ocp.args.JsonRestore())
         try:
             restored = self.manager.restore(step, args=args)
-        except Exception as e:  # noqa: BLE001: the shapes fit, so the files are at fault
+        except Exception as e:  # noqa: BLE001 (the shapes fit, so the files are at fault)
             raise DamagedCheckpoint(f"cannot be read back ({_root_cause(e)})") from None
         return restored["state"], restored["data"]
 
@@ -113,13 +113,15 @@ class Checkpointer:
         return None
 
     def wait(self) -> None:
+        """Until the last save is written and sealed with its checksums."""
         self._finish_previous_save()
+        self._finish_sealing()
 
     def close(self, raise_errors: bool = True) -> Optional[RunStopped]:
         """Finishes the save in flight and its checksums. With ``raise_errors=False`` (closing
         while another error is being reported) a failed save is returned instead."""
         try:
-            self._finish_previous_save()
+            self.wait()
         except RunStopped as e:
             if raise_errors:
                 raise
@@ -138,16 +140,19 @@ class Checkpointer:
             self.manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001
             raise self._save_failed(self._unsealed, e) from None
+        self._finish_sealing()
+        if self._unsealed is not None and jax.process_index() == 0:
+            step_dir = os.path.join(self.directory, str(self._unsealed))
+            self._sealing, self._sealing_step = self._sealer.submit(checksums.seal, step_dir), self._unsealed
+        self._unsealed = None
+
+    def _finish_sealing(self) -> None:
         if self._sealing is not None:
             sealing, self._sealing = self._sealing, None
             try:
                 sealing.result()
             except OSError as e:
                 raise self._save_failed(self._sealing_step, e) from None
-        if self._unsealed is not None and jax.process_index() == 0:
-            step_dir = os.path.join(self.directory, str(self._unsealed))
-            self._sealing, self._sealing_step = self._sealer.submit(checksums.seal, step_dir), self._unsealed
-        self._unsealed = None
 
     def _check_shapes(self, step: int, abstract_state: Any) -> None:
         try:

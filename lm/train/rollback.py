@@ -19,7 +19,7 @@ import numpy as np
 from lm.fileio import append_text
 from lm.train.errors import RunStopped
 from lm.train.metrics import _json_value, repair_torn_tail
-from lm.train.spikes import ACCEPTED, REASONS
+from lm.train.spikes import REASONS
 
 _READ = ("train/skip_reason", "train/consecutive_skips", "train/loss", "train/grad_norm",
          "train/loss_zscore", "train/grad_norm_zscore")
@@ -38,12 +38,13 @@ class SpikeWatch:
     def observe(self, step: int, metrics: dict) -> bool:
         """Reads ``step``'s guard metrics (waiting for that step), records a skip; True when a
         rollback is due."""
-        if "train/skip_reason" not in metrics:
+        if "train/consecutive_skips" not in metrics:
+            return False
+        # One scalar per step; the rest only for a skipped step (a skip makes the count positive).
+        self.in_streak = int(np.asarray(metrics["train/consecutive_skips"])) > 0
+        if not self.in_streak:
             return False
         values = {k: np.asarray(v).item() for k, v in jax.device_get({k: metrics[k] for k in _READ}).items()}
-        self.in_streak = values["train/consecutive_skips"] > 0
-        if values["train/skip_reason"] == ACCEPTED:
-            return False
         self._record({"step": step, "event": "skip", "reason": REASONS[values["train/skip_reason"]],
                       "loss": values["train/loss"], "grad_norm": values["train/grad_norm"],
                       "loss_zscore": values["train/loss_zscore"],

@@ -1,10 +1,12 @@
 """Skipping bad steps inside the jitted step.
 
-``skip_bad_steps(optimizer, window, zscore)`` wraps an optax optimizer. Its ``update`` takes the
-step's ``loss`` and refuses the update (zero updates, the inner optimizer state unchanged) when
-the loss, the gradients or the updates are not finite, or when the loss or the gradient norm is
-more than ``zscore`` standard deviations above the mean of the last ``window`` accepted steps
-(levanter, OLMo-core and MaxText use 6 over 128). The z-scores apply once half the window is
+``SkipBadSteps(optimizer, window, zscore)`` wraps an optax optimizer. Its ``step`` takes the
+step's gradients and ``loss`` and refuses the update (parameters and inner optimizer state kept
+bit for bit) when the loss or the gradients are not finite, or when the loss or the gradient
+norm is more than ``zscore`` standard deviations above the mean of the last ``window`` accepted
+steps (levanter, OLMo-core and MaxText use 6 over 128). A non-finite update from finite
+gradients (rare) makes the next loss non-finite, which is skipped from there on, and a
+checkpoint is never written with non-finite parameters (``lm.train.fit``). The z-scores apply once half the window is
 filled, so the fast early fall of the loss is not judged against too few steps. Only accepted
 steps enter the window.
 
@@ -14,6 +16,7 @@ skip data) is ``lm.train.rollback``.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -43,44 +46,58 @@ class GuardState(NamedTuple):
     grad_z: jax.Array          # float32: the same for the gradient norm
 
 
-def skip_bad_steps(optimizer: optax.GradientTransformation, window: int = 128,
-                   zscore: float = 6.0) -> optax.GradientTransformationExtraArgs:
-    """``optimizer`` whose ``update(grads, state, params, loss=...)`` refuses bad steps."""
-    inner = optax.with_extra_args_support(optimizer)
+@dataclasses.dataclass(frozen=True)
+class SkipBadSteps:
+    """``inner`` (an optax optimizer) behind the guard. ``init`` gives a GuardState around the
+    inner state; ``step`` applies the update, or skips it and keeps parameters and inner state
+    bit for bit."""
+    inner: optax.GradientTransformation
+    window: int = 128
+    zscore: float = 6.0
 
-    def init(params) -> GuardState:
-        zeros = jnp.zeros((window,), jnp.float32)
+    def init(self, params) -> GuardState:
+        zeros = jnp.zeros((self.window,), jnp.float32)
         i0, f0 = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
-        return GuardState(inner.init(params), zeros, zeros, i0, i0, i0, i0, i0, f0, f0)
+        return GuardState(self.inner.init(params), zeros, zeros, i0, i0, i0, i0, i0, f0, f0)
 
-    def update(grads, state: GuardState, params=None, *, loss, **extra):
+    def step(self, grads, state: GuardState, params, loss) -> tuple[Any, GuardState]:
+        """(new parameters, new state). The update runs inside a branch that a skipped step does
+        not take, so an accepted step costs the same fused update as an unguarded one."""
         loss = jnp.asarray(loss, jnp.float32)
         grad_norm = optax.global_norm(grads).astype(jnp.float32)
-        updates, new_inner = inner.update(grads, state.inner, params, **extra)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
-        ready = state.filled >= max(window // 2, 2)
-        loss_z = jnp.where(ready, _zscore(loss, state.losses, state.filled), 0.0)
-        grad_z = jnp.where(ready, _zscore(grad_norm, state.grad_norms, state.filled), 0.0)
-        reason = jnp.select([~finite, loss_z > zscore, grad_z > zscore],
-                            [NON_FINITE, LOSS_SPIKE, GRAD_SPIKE], ACCEPTED).astype(jnp.int32)
+        reason, loss_z, grad_z = self._decide(state, loss, grad_norm)
         accept = reason == ACCEPTED
 
-        def keep(new, old):
-            return jax.tree.map(lambda n, o: jnp.where(accept, n, o), new, old)
+        def apply():
+            updates, inner = self.inner.update(grads, state.inner, params)
+            return optax.apply_updates(params, updates), inner
+
+        def skip():
+            return params, state.inner
+        params, inner = jax.lax.cond(accept, apply, skip)
+        return params, self._record(state, inner, accept, reason, loss, grad_norm, loss_z, grad_z)
+
+    def _decide(self, state: GuardState, loss, grad_norm):
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        ready = state.filled >= max(self.window // 2, 2)
+        loss_z = jnp.where(ready, _zscore(loss, state.losses, state.filled), 0.0)
+        grad_z = jnp.where(ready, _zscore(grad_norm, state.grad_norms, state.filled), 0.0)
+        reason = jnp.select([~finite, loss_z > self.zscore, grad_z > self.zscore],
+                            [NON_FINITE, LOSS_SPIKE, GRAD_SPIKE], ACCEPTED).astype(jnp.int32)
+        return reason, loss_z, grad_z
+
+    def _record(self, state, inner, accept, reason, loss, grad_norm, loss_z, grad_z) -> GuardState:
+        """The window gains an accepted step's loss and gradient norm; a skip is counted."""
         slot = state.position
-        new_state = GuardState(
-            inner=keep(new_inner, state.inner),
+        return GuardState(
+            inner=inner,
             losses=jnp.where(accept, state.losses.at[slot].set(loss), state.losses),
             grad_norms=jnp.where(accept, state.grad_norms.at[slot].set(grad_norm), state.grad_norms),
-            filled=jnp.where(accept, jnp.minimum(state.filled + 1, window), state.filled),
-            position=jnp.where(accept, jnp.mod(state.position + 1, window), state.position),
+            filled=jnp.where(accept, jnp.minimum(state.filled + 1, self.window), state.filled),
+            position=jnp.where(accept, jnp.mod(state.position + 1, self.window), state.position),
             consecutive=jnp.where(accept, 0, state.consecutive + 1),
             skipped=state.skipped + (~accept).astype(jnp.int32),
             reason=reason, loss_z=loss_z, grad_z=grad_z)
-        updates = jax.tree.map(lambda u: jnp.where(accept, u, jnp.zeros_like(u)), updates)
-        return updates, new_state
-
-    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _zscore(value: jax.Array, history: jax.Array, filled: jax.Array) -> jax.Array:
@@ -107,5 +124,5 @@ PER_STEP_METRICS = ("train/skipped", "train/skip_reason", "train/consecutive_ski
                     "train/loss_zscore", "train/grad_norm_zscore")
 
 
-def is_guarded(opt_state) -> bool:
-    return isinstance(opt_state, GuardState)
+def is_guarded(optimizer) -> bool:
+    return isinstance(optimizer, SkipBadSteps)

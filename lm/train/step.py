@@ -89,22 +89,14 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
         metrics = {"train/loss": loss, "train/z_loss": z_sum / total_weight,
                    "train/grad_norm": optax.global_norm(grads), "train/lr": schedule(state.step),
                    "train/tokens": total_weight}
-        if is_guarded(state.opt_state):  # lm.train.spikes: a bad step changes nothing
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params, loss=loss)
-            params = _unless_skipped(opt_state, optax.apply_updates(state.params, updates), state.params)
+        if is_guarded(optimizer):  # lm.train.spikes: a bad step changes nothing
+            params, opt_state = optimizer.step(grads, state.opt_state, state.params, loss)
             metrics.update(guard_metrics(opt_state))
         else:
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
     return train_step
-
-
-def _unless_skipped(guard_state, new_params, old_params):
-    """The old parameters, bit for bit, when the guard skipped the step (adding a zero update
-    would turn -0.0 into +0.0)."""
-    skipped = guard_metrics(guard_state)["train/skipped"] > 0
-    return jax.tree.map(lambda n, o: jnp.where(skipped, o, n), new_params, old_params)
 
 
 def _grad_fn(graphdef: nnx.GraphDef, cfg: StepConfig, trainable) -> Callable:

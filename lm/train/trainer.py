@@ -16,7 +16,7 @@ from lm.train.metrics import flops_per_token
 from lm.train.optimizer import make_optimizer, make_schedule
 from lm.train.experiment import check_layout
 from lm.train.run import Run
-from lm.train.spikes import skip_bad_steps
+from lm.train.spikes import SkipBadSteps
 from lm.train.state import TrainState, abstract_train_state, create_state, state_shardings
 from lm.train.step import StepConfig, make_train_step
 
@@ -34,8 +34,8 @@ class Trainer(Run):
         if self.trainable is not None:  # PEFT: frozen leaves get no update and no optimizer state
             self.optimizer = frozen(self.optimizer, self.trainable)
         if exp.train.spike_skip:
-            self.optimizer = skip_bad_steps(self.optimizer, exp.train.spike_window,
-                                            exp.train.spike_zscore)
+            self.optimizer = SkipBadSteps(self.optimizer, exp.train.spike_window,
+                                          exp.train.spike_zscore)
         position = exp.model.max_len * exp.model.d_model if exp.model.positions == "learned" else 0
         self.flops_per_token = flops_per_token(exp.model, self.num_params, position, exp.data.seq_len)
         self.shardings = state_shardings(self.abstract, self.optimizer, self.mesh, self.layout)
