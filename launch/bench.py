@@ -39,15 +39,16 @@ def synthetic_batches(data_cfg, vocab_size: int, count: int, seed: int) -> list[
 
 def time_steps(trainer, state, batches, steps: int) -> tuple[float, object]:
     """Seconds per step over ``steps`` steps, waiting for the device only at the end, except
-    that a guarded step's skip decision is read one step late, as the fit loop reads it."""
+    that a guarded step's skip decision is read READ_LAG steps late, as the fit loop reads it."""
+    from lm.train.fit import READ_LAG
     from lm.train.rollback import SpikeWatch
     watch = SpikeWatch("", trainer.exp.train, write=False)
-    start, earlier = time.perf_counter(), None
+    start, pending = time.perf_counter(), []
     for step, batch in enumerate(batches[:steps]):
         state, metrics = trainer.train_step(state, batch)
-        if earlier is not None:
-            watch.observe(step, earlier)
-        earlier = metrics
+        pending.append(metrics)
+        if len(pending) > READ_LAG:
+            watch.observe(step, pending.pop(0))
     jax.block_until_ready(metrics)
     return (time.perf_counter() - start) / steps, state
 

@@ -44,9 +44,11 @@ def _assert_bitwise_equal(a, b):
 
 
 def test_zscore_is_the_distance_from_the_window_mean_in_standard_deviations():
-    history = jnp.array([1.0, 2.0, 3.0, 4.0, 99.0, 99.0])  # the last two are not filled yet
-    z = spikes._zscore(jnp.float32(10.0), history, jnp.int32(4))
-    np.testing.assert_allclose(z, (10.0 - 2.5) / np.std([1.0, 2.0, 3.0, 4.0]), rtol=1e-6)
+    history = jnp.array([[1.0, 2.0, 3.0, 4.0, 99.0, 99.0],  # the last two are not filled yet
+                         [2.0, 2.0, 4.0, 4.0, 99.0, 99.0]])
+    z = spikes._zscores(jnp.array([10.0, 1.0]), history, jnp.int32(4))
+    np.testing.assert_allclose(z, [(10.0 - 2.5) / np.std([1.0, 2.0, 3.0, 4.0]), (1.0 - 3.0) / 1.0],
+                               rtol=1e-6)
 
 
 def test_a_batch_with_100x_the_loss_is_skipped_and_changes_nothing():
@@ -129,9 +131,10 @@ def test_a_stretch_of_bad_batches_rolls_back_skips_them_and_ends_finite(tmp_path
     assert [e["step"] for e in events[:3]] == [41, 42, 43]
     assert all(e["reason"] == "loss spike" for e in events[:3])
     assert events[3]["to_step"] == 40 and events[3]["skipped_batches"] == 10
-    # The rollback happened while step 44 ran (its batch, 44, was served); then 10 were skipped,
-    # so training resumed at batch 55, past the bad stretch, and steps 41-60 took 20 more.
-    assert served[0].served == 44 + 10 + 20
+    # Step 43's decision is read two steps late (lm.train.fit.READ_LAG), so the rollback came
+    # after batch 45 was served; then 10 were skipped, training resumed at batch 56, past the bad
+    # stretch, and steps 41-60 took 20 more.
+    assert served[0].served == 45 + 10 + 20
     # train/skips counts the skips of the steps that stand: the rollback discarded those three.
     assert final["step"] == 60 and final["train/rollbacks"] == 1 and final["train/skips"] == 0
     assert np.isfinite(final["train/loss"]) and final["train/loss"] < 0.5

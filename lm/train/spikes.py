@@ -35,37 +35,40 @@ _RELATIVE_STD_FLOOR = 1e-2
 
 class GuardState(NamedTuple):
     inner: Any                 # the wrapped optimizer's state
-    losses: jax.Array          # [window] float32 ring buffer of accepted steps' losses
-    grad_norms: jax.Array      # [window] float32, the same for gradient norms
+    history: jax.Array         # [2, window] float32 ring buffer: accepted losses, gradient norms
     filled: jax.Array          # int32: accepted steps in the window (at most window)
     position: jax.Array        # int32: where the next accepted step is written
     consecutive: jax.Array     # int32: skips in a row up to the last step
     skipped: jax.Array         # int32: skips since the start of training
     reason: jax.Array          # int32: the last step's reason (ACCEPTED when it was applied)
-    loss_z: jax.Array          # float32: the last step's loss z-score (0 before the window fills)
-    grad_z: jax.Array          # float32: the same for the gradient norm
+    zscores: jax.Array         # [2] float32: the last step's loss and gradient-norm z-scores
 
 
 @dataclasses.dataclass(frozen=True)
 class SkipBadSteps:
     """``inner`` (an optax optimizer) behind the guard. ``init`` gives a GuardState around the
     inner state; ``step`` applies the update, or skips it and keeps parameters and inner state
-    bit for bit."""
+    bit for bit. The decision works on the loss and the gradient norm stacked as one pair, so it
+    adds only a few small operations to the step (each costs a fixed overhead on CPU)."""
     inner: optax.GradientTransformation
     window: int = 128
     zscore: float = 6.0
 
     def init(self, params) -> GuardState:
-        zeros = jnp.zeros((self.window,), jnp.float32)
-        i0, f0 = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
-        return GuardState(self.inner.init(params), zeros, zeros, i0, i0, i0, i0, i0, f0, f0)
+        i0 = jnp.zeros((), jnp.int32)
+        return GuardState(self.inner.init(params), jnp.zeros((2, self.window), jnp.float32),
+                          i0, i0, i0, i0, i0, jnp.zeros((2,), jnp.float32))
 
     def step(self, grads, state: GuardState, params, loss) -> tuple[Any, GuardState]:
         """(new parameters, new state). The update runs inside a branch that a skipped step does
-        not take, so an accepted step costs the same fused update as an unguarded one."""
-        loss = jnp.asarray(loss, jnp.float32)
-        grad_norm = optax.global_norm(grads).astype(jnp.float32)
-        reason, loss_z, grad_z = self._decide(state, loss, grad_norm)
+        not take, so an accepted step runs the same fused update as an unguarded one."""
+        observed = jnp.stack([jnp.asarray(loss, jnp.float32),
+                              optax.global_norm(grads).astype(jnp.float32)])
+        ready = state.filled >= max(self.window // 2, 2)
+        zscores = jnp.where(ready, _zscores(observed, state.history, state.filled), 0.0)
+        reason = jnp.select([~jnp.all(jnp.isfinite(observed)), zscores[0] > self.zscore,
+                             zscores[1] > self.zscore],
+                            [NON_FINITE, LOSS_SPIKE, GRAD_SPIKE], ACCEPTED).astype(jnp.int32)
         accept = reason == ACCEPTED
 
         def apply():
@@ -75,40 +78,30 @@ class SkipBadSteps:
         def skip():
             return params, state.inner
         params, inner = jax.lax.cond(accept, apply, skip)
-        return params, self._record(state, inner, accept, reason, loss, grad_norm, loss_z, grad_z)
+        return params, self._record(state, inner, accept, reason, observed, zscores)
 
-    def _decide(self, state: GuardState, loss, grad_norm):
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        ready = state.filled >= max(self.window // 2, 2)
-        loss_z = jnp.where(ready, _zscore(loss, state.losses, state.filled), 0.0)
-        grad_z = jnp.where(ready, _zscore(grad_norm, state.grad_norms, state.filled), 0.0)
-        reason = jnp.select([~finite, loss_z > self.zscore, grad_z > self.zscore],
-                            [NON_FINITE, LOSS_SPIKE, GRAD_SPIKE], ACCEPTED).astype(jnp.int32)
-        return reason, loss_z, grad_z
-
-    def _record(self, state, inner, accept, reason, loss, grad_norm, loss_z, grad_z) -> GuardState:
+    def _record(self, state, inner, accept, reason, observed, zscores) -> GuardState:
         """The window gains an accepted step's loss and gradient norm; a skip is counted."""
-        slot = state.position
+        written = jax.lax.dynamic_update_slice(state.history, observed[:, None], (0, state.position))
         return GuardState(
             inner=inner,
-            losses=jnp.where(accept, state.losses.at[slot].set(loss), state.losses),
-            grad_norms=jnp.where(accept, state.grad_norms.at[slot].set(grad_norm), state.grad_norms),
+            history=jnp.where(accept, written, state.history),
             filled=jnp.where(accept, jnp.minimum(state.filled + 1, self.window), state.filled),
             position=jnp.where(accept, jnp.mod(state.position + 1, self.window), state.position),
             consecutive=jnp.where(accept, 0, state.consecutive + 1),
             skipped=state.skipped + (~accept).astype(jnp.int32),
-            reason=reason, loss_z=loss_z, grad_z=grad_z)
+            reason=reason, zscores=zscores)
 
 
-def _zscore(value: jax.Array, history: jax.Array, filled: jax.Array) -> jax.Array:
-    """How many standard deviations ``value`` lies above the mean of the first ``filled``
-    entries of ``history`` (the whole ring once it is full)."""
-    valid = jnp.arange(history.shape[0]) < filled
+def _zscores(values: jax.Array, history: jax.Array, filled: jax.Array) -> jax.Array:
+    """How many standard deviations each of ``values`` [2] lies above the mean of the first
+    ``filled`` entries of its row of ``history`` [2, window] (the whole ring once it is full)."""
+    valid = (jnp.arange(history.shape[1]) < filled)[None, :]
     count = jnp.maximum(filled, 1).astype(jnp.float32)
-    mean = jnp.sum(jnp.where(valid, history, 0.0)) / count
-    variance = jnp.sum(jnp.where(valid, jnp.square(history - mean), 0.0)) / count
+    mean = jnp.sum(jnp.where(valid, history, 0.0), axis=1) / count
+    variance = jnp.sum(jnp.where(valid, jnp.square(history - mean[:, None]), 0.0), axis=1) / count
     std = jnp.maximum(jnp.sqrt(variance), _RELATIVE_STD_FLOOR * jnp.abs(mean) + 1e-12)
-    return (value - mean) / std
+    return (values - mean) / std
 
 
 def guard_metrics(state: GuardState) -> dict:
@@ -116,7 +109,7 @@ def guard_metrics(state: GuardState) -> dict:
     return {"train/skipped": (state.reason != ACCEPTED).astype(jnp.int32),
             "train/skip_reason": state.reason, "train/skips": state.skipped,
             "train/consecutive_skips": state.consecutive,
-            "train/loss_zscore": state.loss_z, "train/grad_norm_zscore": state.grad_z}
+            "train/loss_zscore": state.zscores[0], "train/grad_norm_zscore": state.zscores[1]}
 
 
 # What the loop reads each step to act on; the logged rows keep only the running count.
