@@ -23,14 +23,9 @@ class ModelArgsError(ConfigError):
 
 
 def latest_checkpoint_step(workdir: str) -> Optional[int]:
-    """The newest complete checkpoint of ``workdir``: orbax names each ``checkpoints/<step>``
-    and renames it there only once it is written."""
-    try:
-        names = os.listdir(os.path.join(workdir, "checkpoints"))
-    except OSError:
-        return None
-    steps = [int(name) for name in names if name.isdigit()]
-    return max(steps) if steps else None
+    """The newest complete checkpoint of a training ``workdir`` (None when it has none)."""
+    from lm.train.run import latest_step
+    return latest_step(os.path.join(workdir, "checkpoints"))
 
 
 def model_arguments(arg_dict: dict) -> dict:

@@ -54,8 +54,7 @@ class Checkpointer:
         # Named handlers let a fresh manager read a step's metadata before anything is saved.
         handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
-        for name in ("absl", "orbax", "asyncio"):
-            logging.getLogger(name).addFilter(_quiet)  # adding the same filter twice is a no-op
+        _report_failed_saves_once()
         self._sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checksums")
         self._sealing: Optional[Future] = None
         self._sealing_step: Optional[int] = None
@@ -70,7 +69,7 @@ class Checkpointer:
                                   data=ocp.args.JsonSave(data_state))
         try:
             saved = self.manager.save(step, args=args, force=force)
-        except Exception as e:  # noqa: BLE001: whatever orbax raised, the reason is one line
+        except Exception as e:  # noqa: BLE001 (whatever orbax raised, the reason is one line)
             raise self._save_failed(step, e) from None
         if saved:
             self._unsealed = step
@@ -255,8 +254,13 @@ def _ignore_writes_finishing_after_a_failed_save(previous_hook):
     return hook
 
 
-if not getattr(sys.unraisablehook, "filters_closed_loops", False):
-    sys.unraisablehook = _ignore_writes_finishing_after_a_failed_save(sys.unraisablehook)
+def _report_failed_saves_once() -> None:
+    """Silences orbax's and asyncio's own reports of a failed save (the Checkpointer reports it
+    as one line). Installed by the first Checkpointer; installing again changes nothing."""
+    for name in ("absl", "orbax", "asyncio"):
+        logging.getLogger(name).addFilter(_quiet)  # adding the same filter twice is a no-op
+    if not getattr(sys.unraisablehook, "filters_closed_loops", False):
+        sys.unraisablehook = _ignore_writes_finishing_after_a_failed_save(sys.unraisablehook)
 
 
 def _barrier(name: str) -> None:

@@ -37,7 +37,7 @@ def _scalar(value: Any) -> float:
     return float(np.asarray(value))
 
 
-def _json_value(value: float):
+def json_value(value: float):
     """Strict JSON has no NaN or Infinity: a non-finite value is written as null."""
     return value if math.isfinite(value) else None
 
@@ -62,7 +62,7 @@ class MetricsWriter:
     def write(self, step: int, scalars: Mapping[str, Any]) -> dict:
         row = {"step": int(step), **{k: _scalar(v) for k, v in scalars.items()}}
         if self.enabled:
-            strict = {k: _json_value(v) if isinstance(v, float) else v for k, v in row.items()}
+            strict = {k: json_value(v) if isinstance(v, float) else v for k, v in row.items()}
             append_text(self.path, json.dumps(strict, allow_nan=False) + "\n")
             if self._tb is not None:
                 for key, value in row.items():

@@ -18,7 +18,7 @@ import numpy as np
 
 from lm.fileio import append_text
 from lm.train.errors import RunStopped
-from lm.train.metrics import _json_value, repair_torn_tail
+from lm.train.metrics import json_value, repair_torn_tail
 from lm.train.spikes import REASONS
 
 _READ = ("train/skip_reason", "train/consecutive_skips", "train/loss", "train/grad_norm",
@@ -71,5 +71,5 @@ class SpikeWatch:
 
     def _record(self, event: dict) -> None:
         if self.write:
-            event = {k: _json_value(v) if isinstance(v, float) else v for k, v in event.items()}
+            event = {k: json_value(v) if isinstance(v, float) else v for k, v in event.items()}
             append_text(self.path, json.dumps(event) + "\n")
