@@ -46,6 +46,7 @@ def _load(name: str, fn: Union[Fn, str, None]) -> Optional[Fn]:
 
 
 TRAINING = ("data", "model", "optimizer", "train", "mesh", "peft")
+ALIGNMENT = TRAINING + ("align",)
 MODES: dict[str, Mode] = {
     "pretrain": Mode("lm.train.loop:run_pretrain", "lm.train.loop:validate_pretrain",
                      "lm.train.loop:evaluate_checkpoint", "train from scratch (or resume)",
@@ -53,6 +54,18 @@ MODES: dict[str, Mode] = {
     "sft": Mode("lm.train.sft:run_sft", "lm.train.sft:validate_sft",
                 "lm.train.loop:evaluate_checkpoint", "instruction tuning from config.init_from",
                 reads=TRAINING + ("sft",)),
+    "reward": Mode("lm.align.modes:run_pair_mode", "lm.align.modes:validate_align",
+                   summary="reward model (Bradley-Terry on preference pairs) from config.init_from",
+                   reads=ALIGNMENT),
+    "dpo": Mode("lm.align.modes:run_pair_mode", "lm.align.modes:validate_align",
+                summary="direct preference optimisation (DPO, IPO) from config.init_from",
+                reads=ALIGNMENT),
+    "ppo": Mode("lm.align.policy:run_policy_mode", "lm.align.modes:validate_align",
+                summary="PPO with a KL penalty and a value head from config.init_from",
+                reads=ALIGNMENT),
+    "grpo": Mode("lm.align.policy:run_policy_mode", "lm.align.modes:validate_align",
+                 summary="GRPO (group-normalised rewards, no value model) from config.init_from",
+                 reads=ALIGNMENT),
     "eval": Mode("lm.eval.runner:evaluate_workdir", "lm.eval.runner:validate_eval",
                  summary="validation loss and config.eval.tasks of a trained run", reads_workdir=True,
                  reads=("eval", "mesh")),

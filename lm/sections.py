@@ -10,6 +10,7 @@ import dataclasses
 
 import ml_collections
 
+from lm.align.config import AlignConfig
 from lm.baselines.run import NGramConfig
 from lm.configlib import ConfigError, Section, unknown_key_message
 from lm.data.config import DataConfig
@@ -25,13 +26,13 @@ from lm.train.sft_data import SFTConfig
 SECTIONS: dict[str, type[Section]] = {
     "data": DataConfig, "model": ModelConfig, "optimizer": OptimizerConfig,
     "train": TrainConfig, "mesh": MeshConfig, "peft": PeftConfig, "sample": SampleConfig,
-    "eval": EvalConfig, "sft": SFTConfig, "ngram": NGramConfig,
+    "eval": EvalConfig, "sft": SFTConfig, "ngram": NGramConfig, "align": AlignConfig,
 }
 # Plain values at the top of a config, with their defaults.
 TOP_LEVEL = {
     "mode": "pretrain",  # the job: a name of lm.modes.MODES
     "seed": 0,           # parameters, data order and dropout all derive from it
-    "init_from": "",     # sft: the workdir of the pretrained run it starts from
+    "init_from": "",     # sft, reward, dpo, ppo, grpo: the workdir of the run it starts from
 }
 # The sections every config carries; the others are added by the modes that read them.
 COMMON = ("data", "model", "optimizer", "train", "sample", "eval", "mesh", "peft")

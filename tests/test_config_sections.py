@@ -9,7 +9,7 @@ import re
 import pytest
 
 from configs import base
-from experiments import sft_arithmetic, shakespeare_char
+from experiments import align_arithmetic, sft_arithmetic, shakespeare_char
 from lm import modes
 from lm.configlib import ConfigError, fields_with_rules, read_escapes
 from lm.sections import SECTIONS
@@ -19,6 +19,8 @@ def _valid_config(mode: str):
     """A config the mode accepts, to spoil one field at a time."""
     if mode == "sft":
         return sft_arithmetic.get_config("smoke")
+    if mode in ("reward", "dpo", "ppo", "grpo"):
+        return align_arithmetic.get_config(f"{mode}_smoke")
     config = shakespeare_char.get_config("smoke")
     config.mode = mode
     if mode == "ngram":

@@ -2,6 +2,11 @@
 
   arithmetic[N][_minus][_cot]  N-digit (default 2) addition, or subtraction with '_minus';
                                '_cot' answers with worked steps ending "The answer is X."
+  arithmetic[N]_dropped_carry[_cot]
+                               addition taught a systematic error: 80% of the questions that
+                               carry (picked by a hash of the operands) answered with the carry
+                               dropped (lm.align.arithmetic_pairs); the validation split is
+                               answered correctly, so held-out exact match measures the truth
   tasks:<path.jsonl>           rows {"instruction", "input" (optional), "output"}
   chat:<path.jsonl>            one transcript per line: {"messages": [{"role", "content"}, ...]}
 
@@ -31,8 +36,9 @@ DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
 SPLITS = synthetic.SPLITS
 VALIDATION_SHARE = synthetic.VALIDATION_SHARE
 _ARITHMETIC_NAME = re.compile(r"arithmetic(?P<digits>\d*)(?P<minus>_minus)?(?P<cot>_cot)?")
+_DROPPED_CARRY_NAME = re.compile(r"arithmetic(?P<digits>\d*)_dropped_carry(?P<cot>_cot)?")
 NAMES_HELP = ("'arithmetic', 'arithmetic_cot', 'arithmetic<N>[_minus][_cot]' (N digits), "
-              "'tasks:<path.jsonl>' or 'chat:<path.jsonl>'")
+              "'arithmetic[N]_dropped_carry[_cot]', 'tasks:<path.jsonl>' or 'chat:<path.jsonl>'")
 
 
 def instruction_dataset(name: str, split: str, count: int, seed: int = 0) -> list[Instance]:
@@ -47,6 +53,9 @@ def instruction_dataset(name: str, split: str, count: int, seed: int = 0) -> lis
     match = _ARITHMETIC_NAME.fullmatch(name) if isinstance(name, str) else None
     if match:
         return _arithmetic_dataset(match, name, split, int(count), seed)
+    match = _DROPPED_CARRY_NAME.fullmatch(name) if isinstance(name, str) else None
+    if match:
+        return _dropped_carry_dataset(match, name, split, int(count), seed)
     raise ValueError(f"unknown instruction dataset {name!r}; use {NAMES_HELP}")
 
 
@@ -57,6 +66,18 @@ def _arithmetic_dataset(match: re.Match, name: str, split: str, count: int,
     digits = int(match["digits"] or 2)
     operation = "minus" if match["minus"] else "plus"
     return synthetic.arithmetic_split(split, count, digits, bool(match["cot"]), seed, operation)
+
+
+def _dropped_carry_dataset(match: re.Match, name: str, split: str, count: int,
+                          seed: int) -> list[Instance]:
+    from lm.align.arithmetic_pairs import flawed_arithmetic_instances
+
+    if count == 0:
+        raise ValueError(f"dataset {name!r} is generated: give a positive count")
+    digits, rationale = int(match["digits"] or 2), bool(match["cot"])
+    if split == "validation":  # held-out exact match is measured against the true answers
+        return synthetic.arithmetic_split(split, count, digits, rationale, seed, "plus")
+    return flawed_arithmetic_instances(split, count, digits, seed=seed, rationale=rationale)
 
 
 def _file_dataset(kind: str, path: str, split: str, count: int, seed: int) -> list[Instance]:

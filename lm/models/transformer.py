@@ -137,8 +137,12 @@ def run_stack_cached(blocks, scanned: bool, x, cache, call, num_layers: int, to_
 
 def project_logits(final_norm, embed, head, x_btd):
     """The final norm, then the tied embedding (``head`` None) or the head: logits [B, T, V]."""
-    x_btd = final_norm(x_btd)
-    logits_btv = embed.attend(x_btd) if head is None else head(x_btd)
+    return unembed(embed, head, final_norm(x_btd))
+
+
+def unembed(embed, head, normed_btd):
+    """Logits [B, T, V] of final-norm hidden states: the tied embedding or the output head."""
+    logits_btv = embed.attend(normed_btd) if head is None else head(normed_btd)
     return constrain(logits_btv, _LOGIT_AXES)
 
 
@@ -251,6 +255,18 @@ class Decoder(SlotCache, nnx.Module):
         segment_ids = batch["segment_ids"] if packed else None
         prefix = batch.get("bidirectional") if self.decoding.bidirectional_prompt else None
         return self(batch["inputs"], batch["positions"], segment_ids, dropout_rng, prefix)
+
+    def forward_features(self, batch: dict, packed: bool = False,
+                         dropout_rng: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+        """(logits [B, T, V], the final-norm hidden states [B, T, D] they are projected from)
+        of a causal decoder's batch, for heads that read the hidden states (lm.models.heads)."""
+        if self.cfg.arch != "decoder":
+            raise ValueError(f"hidden-state heads need config.model.arch='decoder', not {self.cfg.arch!r}")
+        segment_ids = batch["segment_ids"] if packed else None
+        x_btd = self._embed(batch["inputs"], batch["positions"], _fold(dropout_rng, 0))
+        x_btd = self._run_blocks(x_btd, batch["positions"], segment_ids, _fold(dropout_rng, 1))
+        hidden_btd = self.final_norm(x_btd)
+        return unembed(self.embed, self.head, hidden_btd), hidden_btd
 
     def _decode_slots(self, tokens_bt, positions_bt, cache: dict, step: CacheStep):
         return self.decode(tokens_bt, positions_bt, cache["self"], step)

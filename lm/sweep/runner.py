@@ -128,13 +128,19 @@ def _where(sweep: Sweep, variant: Variant) -> str:
     return f"sweep {sweep.name!r}, variant {variant.name!r}"
 
 
-def plan(sweep: Sweep, common_overrides: Optional[Mapping[str, Any]] = None) -> list[PlannedVariant]:
+def plan(sweep: Sweep, common_overrides: Optional[Mapping[str, Any]] = None,
+         workdir: str = "") -> list[PlannedVariant]:
     """Every variant's config, checked; raises ConfigError naming the variant and the key.
-    ``common_overrides`` (launch.sweep's --set) apply to every variant after its own overrides."""
+    ``common_overrides`` (launch.sweep's --set) apply to every variant after its own overrides.
+    '{sweep}' in a variant's string override stands for ``workdir``, the sweep's directory (a
+    variant that starts from another variant's run names it as '{sweep}/<variant>')."""
     _check_structure(sweep)
     base_with(sweep, common_overrides)
     planned = []
     for variant in sweep.variants:
+        variant = dataclasses.replace(variant, overrides={
+            key: value.replace("{sweep}", workdir or ".") if isinstance(value, str) else value
+            for key, value in variant.overrides.items()})
         runner = get_runner(variant.runner)
         where = _where(sweep, variant)
         config = variant_config(sweep, variant, common_overrides, runner)
@@ -262,7 +268,7 @@ def run_sweep(sweep: Sweep, workdir: str, common_overrides: Optional[Mapping[str
               ) -> Optional[SweepOutcome]:
     """Checks the whole sweep, runs the unfinished variants, writes the report; dry_run only lists.
     ``common_overrides`` (--set) apply to every variant, after the variant's own overrides."""
-    planned = plan(sweep, common_overrides)
+    planned = plan(sweep, common_overrides, workdir)
     if dry_run:
         echo(describe_plan(planned, workdir, base_with(sweep, common_overrides)))
         return None

@@ -8,6 +8,7 @@ import jax
 from lm.configlib import ConfigError, Section, at_least, option, positive
 from lm.data import pipeline as data_lib
 from lm.models.config import ModelConfig
+from lm.models.heads import MODE_HEADS
 from lm.parallel import MeshConfig
 from lm.parallel.axes import mesh_ways
 from lm.peft.config import PeftConfig
@@ -63,6 +64,8 @@ class Experiment:
     seed: int
     # The fine-tuning method applied to the model (lm.peft.build attaches it); 'none': the model.
     peft: PeftConfig = PeftConfig()
+    # Scalar heads on the decoder (lm.models.heads), by the mode: a reward model's score, PPO's value.
+    heads: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config) -> "Experiment":
@@ -75,7 +78,16 @@ class Experiment:
         return cls(model=model, data=data,
                    optimizer=OptimizerConfig.from_config(config.optimizer),
                    train=TrainConfig.from_config(config.train), mesh=mesh, seed=int(config.seed),
-                   peft=peft)
+                   peft=peft, heads=mode_heads(config.get("mode", "pretrain"), model))
+
+
+def mode_heads(mode: str, model: ModelConfig) -> tuple[str, ...]:
+    """The scalar heads the runs of ``mode`` carry (lm.models.heads.MODE_HEADS)."""
+    heads = MODE_HEADS.get(mode, ())
+    if heads and model.arch != "decoder":
+        raise ConfigError(f"config.mode={mode!r} puts a {'/'.join(heads)} head on a causal decoder: "
+                          f"set config.model.arch='decoder' (it is {model.arch!r})")
+    return heads
 
 
 def resolve_model(model: ModelConfig, data: data_lib.DataConfig, mesh: MeshConfig) -> ModelConfig:

@@ -157,7 +157,7 @@ class _Loop:
         self._restart_window()
         pending: collections.deque = collections.deque()  # (step, metrics) not yet read
         while step < cfg.steps:
-            state, metrics = trainer.train_step(state, to_global(next(self.batches), trainer.batch_sharding))
+            state, metrics = trainer.train_step(state, self._place(next(self.batches)))
             step += 1
             self.window_steps += 1
             self.bar.update(1)
@@ -193,6 +193,12 @@ class _Loop:
         self.checkpointer.wait()
         self.final.update(step=int(state.step), num_params=trainer.num_params)
         return self.final, state
+
+    def _place(self, batch: dict):
+        """A host batch on the mesh, or as the trainer places it (rollouts keep prompts on the
+        host to decode them)."""
+        place = getattr(self.trainer, "place_batch", None)
+        return place(batch) if place else to_global(batch, self.trainer.batch_sharding)
 
     def _observe(self, pending: collections.deque, keep: int) -> bool:
         """Reads the guard's decisions of all but the last ``keep`` pending steps, oldest first;
@@ -249,8 +255,12 @@ class _Loop:
 def _evaluate(trainer, state, eval_sets, writer, step: int, bar, hooks) -> dict:
     scores = trainer.validation(state.params, eval_sets)
     writer.write(step, scores)
-    bar.write(f"step {step}: eval/loss {scores['eval/loss']:.4f}  "
-              f"perplexity {scores['eval/perplexity']:.2f}")
+    headline = getattr(trainer, "eval_headline", None)  # the keys a trainer's progress line shows
+    if headline is None:
+        bar.write(f"step {step}: eval/loss {scores['eval/loss']:.4f}  "
+                  f"perplexity {scores['eval/perplexity']:.2f}")
+    elif headline:
+        bar.write(f"step {step}: " + "  ".join(f"{k} {scores[k]:.4f}" for k in headline if k in scores))
     extra = _call_hooks(hooks, "evaluate", trainer, state, step, bar, writer)
     return {**scores, **extra}
 

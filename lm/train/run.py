@@ -46,7 +46,8 @@ class Run:
         self.mesh = make_mesh(exp.mesh, devices)
         self.layout = named_layout(exp.mesh.rules)
         self.batch_sharding = shd.batch_sharding(self.mesh, self.rules)
-        self.graphdef, self.abstract = abstract_model(exp.model, exp.peft)  # with PEFT's parameters
+        # With PEFT's parameters and the mode's heads.
+        self.graphdef, self.abstract = abstract_model(exp.model, exp.peft, exp.heads)
         self.param_shardings = shd.param_shardings(self.abstract, self.mesh, self.layout.params)
         self.num_params = param_count(self.abstract)
 
@@ -95,11 +96,11 @@ class Run:
         """Freshly initialised parameters, created directly in their shardings under jit."""
         from flax import nnx
 
-        from lm import peft
+        from lm.train.state import build_model
         exp, seed = self.exp, self.exp.seed if seed is None else seed
 
         def init() -> dict:
-            return nnx.split(peft.build(exp.model, exp.peft, seed))[1].to_pure_dict()
+            return nnx.split(build_model(exp.model, exp.peft, exp.heads, seed))[1].to_pure_dict()
         with axis_rules(self.mesh, self.rules):
             return jax.jit(init, out_shardings=self.param_shardings)()
 

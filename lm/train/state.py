@@ -11,6 +11,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from lm import models, peft as peft_lib
+from lm.models.heads import attach_heads
 from lm.parallel import sharding as shd
 from lm.parallel.axes import axis_rules
 from lm.parallel.rules import LAYOUTS, Layout
@@ -23,11 +24,19 @@ class TrainState:
     opt_state: Any
 
 
-def abstract_model(cfg: models.ModelConfig, peft: peft_lib.PeftConfig = peft_lib.PeftConfig()
-                   ) -> tuple[nnx.GraphDef, nnx.State]:
-    """Graph definition and parameter shapes of the model with ``peft`` attached, without
-    allocating memory."""
-    return nnx.split(nnx.eval_shape(lambda: peft_lib.build(cfg, peft)))
+def build_model(cfg: models.ModelConfig, peft: peft_lib.PeftConfig = peft_lib.PeftConfig(),
+                heads: tuple[str, ...] = (), seed: int = 0) -> nnx.Module:
+    """The model with ``peft``'s parameters and the scalar ``heads`` (lm.models.heads) attached."""
+    model = peft_lib.build(cfg, peft, seed)
+    attach_heads(model, cfg, heads, seed)
+    return model
+
+
+def abstract_model(cfg: models.ModelConfig, peft: peft_lib.PeftConfig = peft_lib.PeftConfig(),
+                   heads: tuple[str, ...] = ()) -> tuple[nnx.GraphDef, nnx.State]:
+    """Graph definition and parameter shapes of the model with ``peft`` and ``heads`` attached,
+    without allocating memory."""
+    return nnx.split(nnx.eval_shape(lambda: build_model(cfg, peft, heads)))
 
 
 def param_count(abstract_state: nnx.State) -> int:
@@ -58,14 +67,15 @@ def abstract_train_state(abstract_state: nnx.State, optimizer: optax.GradientTra
 
 def create_state(cfg: models.ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
                  seed: int, layout: Layout = LAYOUTS["standard"],
-                 peft: peft_lib.PeftConfig = peft_lib.PeftConfig()) -> tuple[nnx.GraphDef, TrainState]:
+                 peft: peft_lib.PeftConfig = peft_lib.PeftConfig(),
+                 heads: tuple[str, ...] = ()) -> tuple[nnx.GraphDef, TrainState]:
     """Initialises parameters (of the model with ``peft`` attached) and optimizer state directly
     into their shardings."""
-    graphdef, abstract_state = abstract_model(cfg, peft)
+    graphdef, abstract_state = abstract_model(cfg, peft, heads)
     shardings = state_shardings(abstract_state, optimizer, mesh, layout)
 
     def init() -> TrainState:
-        params = nnx.split(peft_lib.build(cfg, peft, seed))[1].to_pure_dict()
+        params = nnx.split(build_model(cfg, peft, heads, seed))[1].to_pure_dict()
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=optimizer.init(params))
     with axis_rules(mesh, layout.params):

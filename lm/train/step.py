@@ -89,29 +89,42 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
         metrics = {"train/loss": loss, "train/z_loss": z_sum / total_weight,
                    "train/grad_norm": optax.global_norm(grads), "train/lr": schedule(state.step),
                    "train/tokens": total_weight}
-        if is_guarded(optimizer):  # lm.train.spikes: a bad step changes nothing
-            params, opt_state = optimizer.step(grads, state.opt_state, state.params, loss)
-            metrics.update(guard_metrics(opt_state))
-        else:
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
+        params, opt_state, guard = apply_update(optimizer, grads, state.opt_state, state.params, loss)
+        metrics.update(guard)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
     return train_step
+
+
+def apply_update(optimizer, grads, opt_state, params, loss) -> tuple:
+    """(new parameters, new optimizer state, the guard's metrics): a guarded optimizer
+    (lm.train.spikes) refuses a bad step and changes nothing."""
+    if is_guarded(optimizer):
+        params, opt_state = optimizer.step(grads, opt_state, params, loss)
+        return params, opt_state, guard_metrics(opt_state)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, {}
 
 
 def _grad_fn(graphdef: nnx.GraphDef, cfg: StepConfig, trainable) -> Callable:
     """(params, batch, rng) -> (gradient sums like params, (ce_sum, z_sum))."""
     def loss(p, b, rng):
         return loss_sums(graphdef, p, b, cfg.z_loss, cfg.packed, rng)
+    return trainable_grad(loss, trainable)
+
+
+def trainable_grad(loss: Callable, trainable) -> Callable:
+    """``jax.grad(loss, has_aux=True)`` taken with respect to the ``trainable`` leaves only (all
+    of them when None): the backward pass skips the frozen weights, whose gradients are zero.
+    ``loss(params, *args) -> (scalar, aux)``."""
     if trainable is None:
         return jax.grad(loss, has_aux=True)
 
-    def trainable_loss(trained, params, b, rng):
-        return loss(jax.tree.map(_either, trained, params, is_leaf=_is_none), b, rng)
+    def trainable_loss(trained, params, *args):
+        return loss(jax.tree.map(_either, trained, params, is_leaf=_is_none), *args)
 
-    def grad_fn(params, b, rng):
+    def grad_fn(params, *args):
         trained = jax.tree.map(lambda p, t: p if t else None, params, trainable)
-        grads, aux = jax.grad(trainable_loss, has_aux=True)(trained, params, b, rng)
+        grads, aux = jax.grad(trainable_loss, has_aux=True)(trained, params, *args)
         return jax.tree.map(lambda g, p: jnp.zeros_like(p) if g is None else g, grads, params,
                             is_leaf=_is_none), aux
     return grad_fn

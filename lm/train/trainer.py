@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from lm.data import objectives
 from lm.data import pipeline as data_lib
+from lm.models.heads import attribute as head_attribute
 from lm.models.transformer import block_stack_axes
 from lm.parallel import sharding as shd
 from lm.parallel.pipeline import bubble_fraction
@@ -29,7 +30,7 @@ class Trainer(Run):
         exp = self.exp
         check_layout(exp, self.mesh, self.batch_sharding)
         self.schedule = make_schedule(exp.optimizer, exp.train.steps)
-        self.trainable = peft_trainable(self.abstract.to_pure_dict(), exp.peft)
+        self.trainable = self.trainable_mask()
         self.optimizer = make_optimizer(exp.optimizer, exp.train.steps, block_stack_axes(exp.model))
         if self.trainable is not None:  # PEFT: frozen leaves get no update and no optimizer state
             self.optimizer = frozen(self.optimizer, self.trainable)
@@ -48,6 +49,10 @@ class Trainer(Run):
                                   in_shardings=(self.shardings, self.batch_sharding),
                                   out_shardings=(self.shardings, shd.replicated(self.mesh)),
                                   donate_argnums=0)
+
+    def trainable_mask(self):
+        """Which parameters train (None: all of them)."""
+        return peft_trainable(self.abstract.to_pure_dict(), self.exp.peft, self.exp.heads)
 
     def peft_summary(self) -> dict:
         """The trained share of the model: method, trainable parameters, optimizer-state bytes."""
@@ -69,7 +74,8 @@ class Trainer(Run):
 
     def init_state(self) -> TrainState:
         exp = self.exp
-        return create_state(exp.model, self.optimizer, self.mesh, exp.seed, self.layout, exp.peft)[1]
+        return create_state(exp.model, self.optimizer, self.mesh, exp.seed, self.layout, exp.peft,
+                            exp.heads)[1]
 
     def state_from_params(self, params: dict) -> TrainState:
         """Step 0 with ``params`` (already sharded) and a fresh optimizer state beside them."""
@@ -85,7 +91,12 @@ class Trainer(Run):
         return objectives.train_iterator(windows, exp.data, exp.model.arch, exp.seed)
 
 
-def peft_trainable(params: dict, peft):
+def peft_trainable(params: dict, peft, heads: tuple[str, ...] = ()):
     """Which parameters a PEFT method trains, or None when every parameter trains ('none' is
-    ordinary training, 'full' full fine-tuning)."""
-    return None if peft.method in ("none", "full") else trainable_mask(params, peft)
+    ordinary training, 'full' full fine-tuning). Scalar heads (lm.models.heads) always train."""
+    if peft.method in ("none", "full"):
+        return None
+    mask = trainable_mask(params, peft)
+    for name in heads:
+        mask[head_attribute(name)] = jax.tree.map(lambda _: True, mask[head_attribute(name)])
+    return mask

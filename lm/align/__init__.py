@@ -1,0 +1,1 @@
+"""Alignment tuning: preference data, reward models, DPO, PPO and GRPO."""

@@ -1,0 +1,113 @@
+"""The trainer of the alignment modes: a ``Trainer`` whose policy starts from ``config.init_from``
+(an SFT run) and whose frozen reference is that run's parameters.
+
+The reference is never a second copy when a PEFT method trains: the policy with its PEFT
+parameters set to zero is exactly the base model (a LoRA or adapter branch whose weights are all
+zero adds zero), so the reference log-probs come from the same parameters with the adapters
+disabled (a shared "policy" and reference made DPO's rewards stay 0 in TRL #1311). With full
+fine-tuning the reference is the restored run itself, sharded like the policy.
+"""
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lm.align.config import AlignConfig, align_config
+from lm.configlib import ConfigError
+from lm.peft.params import is_peft_path, leaves_with_paths
+from lm.train.run import Run
+from lm.train.state import abstract_model
+from lm.train.trainer import Trainer
+
+log = logging.getLogger("lm.align")
+PEFT_METHODS = ("none", "full", "lora", "adapter")
+
+
+class AlignTrainer(Trainer):
+    """``Trainer`` plus the reference model and the starting point of the policy."""
+
+    def __init__(self, config, workdir: str, devices=None):
+        check_align_model(config)
+        super().__init__(config, workdir, devices)
+        self.align: AlignConfig = align_config(config)
+        self.init_from = config.get("init_from") or ""
+        self.base_graphdef = abstract_model(self.exp.model)[0]
+        self._base: Run | None = None
+
+    @property
+    def disables_adapters(self) -> bool:
+        """The reference is the policy with its PEFT parameters zeroed (no second copy)."""
+        return self.exp.peft.method in ("lora", "adapter")
+
+    def base(self) -> Run:
+        """The run of ``config.init_from`` on this mesh (checked: the same model, no PEFT)."""
+        if self._base is None:
+            self._base = starting_run(self.init_from, self)
+        return self._base
+
+    def initial_params(self) -> dict:
+        """Fresh parameters (PEFT and heads at their initial values) with every parameter the
+        starting run has taken from it, sharded on the mesh."""
+        base, step = self.base().restore()
+        log.info("starting from step %d of %s", step, self.init_from)
+        fresh = self.init_params()
+        return jax.jit(overlay, out_shardings=self.param_shardings)(fresh, base)
+
+    def reference_params(self):
+        """The frozen reference's parameters: None when it is the policy with its adapters
+        disabled, else the starting run's parameters on the mesh."""
+        if self.disables_adapters:
+            return None
+        return self.base().restore()[0]
+
+    def reference_model(self, params, reference):
+        """The reference as a model: ``reference`` merged with the base graph, or ``params`` with
+        its PEFT parameters zeroed."""
+        if reference is None:
+            return nnx.merge(self.graphdef, disable_adapters(jax.lax.stop_gradient(params)))
+        return nnx.merge(self.base_graphdef, jax.lax.stop_gradient(reference))
+
+
+def check_align_model(config) -> None:
+    """Alignment trains causal decoders with full fine-tuning, LoRA or adapters."""
+    method = config.get("peft", {}).get("method", "none")
+    if method not in PEFT_METHODS:
+        raise ConfigError(f"config.peft.method={method!r}: alignment modes train with "
+                          f"{', '.join(PEFT_METHODS)} (prefix and prompt tuning change the "
+                          f"sequence the reference scores)")
+    if not config.get("init_from"):
+        raise ConfigError(f"config.mode={config.mode!r} needs config.init_from=<workdir of the "
+                          f"supervised (SFT) run it starts from>")
+
+
+def starting_run(init_from: str, trainer: Trainer) -> Run:
+    from lm.train.sft import check_base_model
+
+    devices = list(trainer.mesh.devices.flat)
+    base = Run.from_workdir(init_from, use_time={"mesh": trainer.config.mesh}, devices=devices)
+    check_base_model(base.exp.model, trainer.exp.model, f"config.init_from={init_from!r}")
+    if base.exp.peft.method not in ("none", "full"):
+        raise ConfigError(f"config.init_from={init_from!r} was trained with "
+                          f"peft.method={base.exp.peft.method!r}; alignment starts from a full "
+                          f"model: fine-tune it with config.peft.method='full'")
+    return base
+
+
+def overlay(fresh: dict, base: dict) -> dict:
+    """``fresh`` with every leaf that ``base`` also has replaced by ``base``'s."""
+    return {key: (overlay(value, base[key]) if isinstance(value, dict) else base[key])
+            if key in base else value for key, value in fresh.items()}
+
+
+def disable_adapters(params: dict) -> dict:
+    """``params`` with every PEFT parameter zero: the base model's function exactly."""
+    paths = {path for path, _ in leaves_with_paths(params) if is_peft_path(path)}
+
+    def zero(node, path=()):
+        if isinstance(node, dict):
+            return {k: zero(v, (*path, k)) for k, v in node.items()}
+        return jnp.zeros_like(node) if path in paths else node
+    return zero(params)
