@@ -29,7 +29,7 @@ bench: install
 	$(PY) -m launch.bench --config=experiments/shakespeare_char.py
 
 # Every ablation sweep's CPU variant, one after another (finished variants are skipped).
-ABLATIONS := lm_evolution architectures positions blocks scaling peft
+ABLATIONS := lm_evolution architectures positions blocks scaling peft alignment
 ablations: install
 	for name in $(ABLATIONS); do \
 		$(PY) -m launch.sweep --config=experiments/ablations/$$name.py --workdir=runs/sweeps/$$name || exit 1; \

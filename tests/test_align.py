@@ -125,7 +125,8 @@ def test_one_step_on_the_mesh_equals_one_device(start, tmp_path, mode):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
-def test_a_nan_reward_drops_its_row_and_is_counted(start, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["ppo", "grpo"])
+def test_a_nan_reward_drops_its_row_and_is_counted(start, tmp_path, monkeypatch, mode):
     from lm.align import rewards
 
     calls = []
@@ -134,7 +135,7 @@ def test_a_nan_reward_drops_its_row_and_is_counted(start, tmp_path, monkeypatch)
         calls.append(prompt)
         return float("nan") if len(calls) % 2 else 1.0
     monkeypatch.setitem(rewards.REWARDS, "half_nan", half_nan)
-    _, state, history = _first_steps(_config("ppo", start, reward="fn:half_nan"), str(tmp_path / "nan"),
+    _, state, history = _first_steps(_config(mode, start, reward="fn:half_nan"), str(tmp_path / "nan"),
                                      jax.devices()[:1])
     assert history[0]["rollout/bad_rewards"] == 4  # of the 8 rollouts
     assert history[0]["rollout/reward"] == 1.0  # the mean of the finite ones
@@ -189,12 +190,12 @@ def test_identical_and_incomplete_pairs_are_counted_and_a_file_of_them_refused(s
 
 @pytest.mark.slow
 def test_a_resumed_ppo_run_equals_the_uninterrupted_one_bitwise(start, tmp_path):
-    """Rollouts draw from (seed, step): a run stopped at step 2 and resumed ends where a run of 4
-    steps ends, bit for bit."""
+    """Rollouts draw from (seed, step) and the adaptive KL coefficient travels with the data
+    position: a run stopped at step 2 and resumed ends where a run of 4 steps ends, bit for bit."""
     from lm.align.modes import fit_and_report
 
     def run(workdir, steps):
-        config = _config("ppo", start, reward="fn:arithmetic_partial")
+        config = _config("ppo", start, reward="fn:arithmetic_partial", kl_target=0.01, kl_horizon=10)
         config.train.update(steps=steps, checkpoint_every=2)
         fit_and_report(*policy_training(config, workdir, jax.devices()[:1], evaluate=False))
 
@@ -206,6 +207,9 @@ def test_a_resumed_ppo_run_equals_the_uninterrupted_one_bitwise(start, tmp_path)
     b = Run.from_workdir(str(tmp_path / "resumed"), devices=jax.devices()[:1]).restore()[0]
     for x, y in zip(_host(a), _host(b)):
         np.testing.assert_array_equal(x, y)
+    coefs = [json.loads(line).get("rollout/kl_coef") for line in
+             open(os.path.join(tmp_path, "resumed", "metrics.jsonl")) if "rollout/kl_coef" in line]
+    assert coefs[-1] != 0.05  # the coefficient moved, and the resumed run carried it on
 
 
 def test_sampled_pairs_rank_the_starting_models_own_answers(start, tmp_path, monkeypatch):

@@ -93,7 +93,7 @@ class RolloutStep:
         bad = ~np.isfinite(scores)
         rows = rollout_rows(prompts, responses, align.max_new_tokens, exp.data.seq_len, trainer.vocab.eos_id)
         rows["weights"][bad] = 0.0  # a row without a finite reward does not train
-        scores = np.where(bad, 0.0, scores).astype(np.float32)
+        scores = self._fill(scores, bad)
         rows = to_global(rows, trainer.batch_sharding)
         stats = self.prepare(state.params, self.reference, rows, jnp.asarray(scores),
                              jnp.float32(self.batches.kl_coef))
@@ -101,6 +101,16 @@ class RolloutStep:
         metrics = {**update_metrics, **self._rollout_metrics(scores, bad, responses, stats)}
         self._adapt_kl(metrics)
         return state.replace(step=state.step + 1), metrics
+
+    def _fill(self, scores: np.ndarray, bad: np.ndarray) -> np.ndarray:
+        """Rewards for the rows that got none: 0 (PPO: their rows do not train), or in GRPO the
+        mean of the row's group, so that they do not move the group's mean."""
+        if self.kind != "grpo" or not bad.any():
+            return np.where(bad, 0.0, scores).astype(np.float32)
+        finite = ~bad.reshape(-1, self.align.group_size)
+        values = np.where(finite, scores.reshape(finite.shape), 0.0)
+        means = values.sum(axis=1, keepdims=True) / np.maximum(finite.sum(axis=1, keepdims=True), 1)
+        return np.where(finite, values, means).reshape(-1).astype(np.float32)
 
     def _optimise(self, state, rows, stats, step: int):
         align, batch = self.align, self.trainer.exp.data.batch_size
@@ -137,6 +147,18 @@ class RolloutStep:
                                                              align.kl_horizon, self.trainer.exp.data.batch_size))
 
 
+def _check_minibatches(trainer, align: AlignConfig) -> None:
+    """Each minibatch of a rollout batch must split over the batch axes of the mesh."""
+    from lm.parallel.axes import mesh_ways
+
+    ways = mesh_ways(trainer.mesh, trainer.batch_sharding.spec[0])
+    size = trainer.exp.data.batch_size // align.minibatches
+    if size % ways:
+        raise ConfigError(f"config.align.minibatches={align.minibatches} cuts config.data.batch_size="
+                          f"{trainer.exp.data.batch_size} into minibatches of {size} rows, which do not "
+                          f"divide over the {ways} ways of the mesh's batch axes; use fewer minibatches")
+
+
 def _rollout_seed(seed: int, step: int) -> int:
     return int(np.random.default_rng([seed, step, 0x5A3]).integers(0, 2**31 - 1))
 
@@ -161,6 +183,7 @@ def policy_training(config, workdir: str, devices=None, evaluate: bool = True) -
     align = align_config(config)
     trainer = AlignTrainer(config, workdir, devices)
     exp = trainer.exp
+    _check_minibatches(trainer, align)
     texts = rollout_prompts(align, exp.seed)
     prompts = [trainer.vocab.encode(t) for t in texts]
     per_step = exp.data.batch_size // (align.group_size if config.mode == "grpo" else 1)
