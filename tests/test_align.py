@@ -257,3 +257,20 @@ def test_rollout_log_probs_use_the_processing_that_sampled_them(start, tmp_path)
         at = len(prompt) - 1 + steps  # the positions whose targets are the sampled tokens
         assert np.isfinite(np.asarray(forward)[row, at]).all()
         np.testing.assert_allclose(np.asarray(forward)[row, at], np.asarray(decoder), rtol=1e-4, atol=1e-5)
+
+
+def test_ppo_with_lora_trains_the_adapters_and_the_value_head_only(start, tmp_path, monkeypatch):
+    from lm.align import rewards
+    from lm.peft.params import is_peft_path, leaves_with_paths
+
+    monkeypatch.setitem(rewards.REWARDS, "length", lambda prompt, response: float(len(response)))
+    config = _config("ppo", start, reward="fn:length")  # rewards that differ: advantages to learn
+    config.peft.method = "lora"
+    trainer, state, history = _first_steps(config, str(tmp_path / "lora_ppo"), jax.devices()[:1])
+    assert trainer.reference_params() is None  # the reference is the base: adapters disabled
+    before = dict(leaves_with_paths(jax.device_get(trainer.initial_params())))
+    moved = {path for path, leaf in leaves_with_paths(jax.device_get(state.params))
+             if not np.array_equal(np.asarray(leaf), np.asarray(before[path]))}
+    assert moved and all(is_peft_path(p) or p[0] == "value_head" for p in moved), sorted(moved)[:5]
+    assert any(p[0] == "value_head" for p in moved)
+    assert history[0]["train/first_ratio"] == 1.0

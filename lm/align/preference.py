@@ -294,6 +294,7 @@ class PairReport:
     skipped_too_long: int = 0
     skipped_unrepresentable: int = 0
     skipped_identical: int = 0
+    skipped_no_response: int = 0  # never: a pair's instances always end in a response's EOS
     skip_reasons: dict[int, str] = dataclasses.field(default_factory=dict)  # pair index -> why
 
     @property
@@ -347,24 +348,13 @@ def _encode_pair(index, pair, vocab, seq_len, on_overflow, on_unrepresentable,
         return None
     row_lengths = []
     for side, instance in zip(SIDES, pair.instances()):
-        try:
-            tokens, weights = rows.encode_instance(instance, vocab)
-        except rows.UnrepresentableTextError as e:
-            if on_unrepresentable == "error":
-                raise rows.UnrepresentableTextError(f"pair {index} ({side}): {e}") from None
-            report.skipped_unrepresentable += 1
-            report.skip_reasons[index] = f"pair {index} ({side}) unrepresentable: {e}"
+        encoded = rows.encode_or_skip(index, instance, vocab, seq_len, on_overflow, on_unrepresentable,
+                                      report, f"pair {index} ({side})")
+        if encoded is None:
             return None
-        if len(tokens) > seq_len + 1:
-            message = (f"pair {index} ({side}) has {len(tokens)} tokens, more than seq_len + 1 = "
-                       f"{seq_len + 1} (seq_len={seq_len})")
-            if on_overflow == "error":
-                raise ValueError(message + "; raise seq_len or pass on_overflow='skip'")
-            report.skipped_too_long += 1
-            report.skip_reasons[index] = message
-            return None
+        tokens, weights = encoded
         row_lengths.append(len(tokens) - 1)  # inputs are the tokens but the last
-    return weights.index(1), tuple(row_lengths)
+    return int(np.argmax(weights > 0)), tuple(row_lengths)
 
 
 def side_batch(batch: rows.Arrays, side: str) -> rows.Arrays:

@@ -120,7 +120,7 @@ def instruction_rows(instances: Sequence[Instance], vocab, seq_len: int, pack: b
     if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
         raise ValueError(f"seq_len={seq_len!r} must be a positive integer")
     report = RowReport(instances=len(instances))
-    encoded = [_encode_or_skip(i, instance, vocab, seq_len, on_overflow, on_unrepresentable, report)
+    encoded = [encode_or_skip(i, instance, vocab, seq_len, on_overflow, on_unrepresentable, report)
                for i, instance in enumerate(instances)]
     examples = [e for e in encoded if e is not None]
     report.kept = len(examples)
@@ -136,19 +136,22 @@ def _check_choice(name: str, value: str) -> None:
         raise ValueError(f"{name}={value!r} must be one of {', '.join(map(repr, OVERFLOW_CHOICES))}")
 
 
-def _encode_or_skip(index, instance, vocab, seq_len, on_overflow, on_unrepresentable,
-                    report: RowReport) -> Optional[tuple[np.ndarray, np.ndarray]]:
-    """(tokens, weights) as arrays, or None after counting why the instance is skipped."""
+def encode_or_skip(index, instance, vocab, seq_len, on_overflow, on_unrepresentable,
+                   report, name: str = "") -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(tokens, weights) as arrays, or None after counting in ``report`` (a RowReport, or any
+    report with its skip counts) why the instance is skipped; ``name`` names it in messages
+    (default 'instance <index>')."""
+    name = name or f"instance {index}"
     try:
         tokens, weights = encode_instance(instance, vocab)
     except UnrepresentableTextError as e:
         if on_unrepresentable == "error":
-            raise UnrepresentableTextError(f"instance {index}: {e}") from None
+            raise UnrepresentableTextError(f"{name}: {e}") from None
         report.skipped_unrepresentable += 1
-        report.skip_reasons[index] = f"unrepresentable: {e}"
+        report.skip_reasons[index] = f"{name} unrepresentable: {e}"
         return None
     if len(tokens) > seq_len + 1:
-        message = (f"instance {index} has {len(tokens)} tokens, more than seq_len + 1 = "
+        message = (f"{name} has {len(tokens)} tokens, more than seq_len + 1 = "
                    f"{seq_len + 1} (seq_len={seq_len})")
         if on_overflow == "error":
             raise ValueError(message + "; raise seq_len or pass on_overflow='skip'")
@@ -157,7 +160,7 @@ def _encode_or_skip(index, instance, vocab, seq_len, on_overflow, on_unrepresent
         return None
     if not any(weights):
         report.skipped_no_response += 1
-        report.skip_reasons[index] = f"instance {index} has no response to train on"
+        report.skip_reasons[index] = f"{name} has no response to train on"
         return None
     return np.asarray(tokens, np.int32), np.asarray(weights, np.float32)
 
