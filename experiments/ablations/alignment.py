@@ -8,14 +8,14 @@ carrying questions is wrong. Every method then starts from it (the variants run 
 names the SFT run as '{sweep}/sft'):
   reward       Bradley-Terry reward model on pairs (right answer over a dropped carry or a
                digit off); held-out pair accuracy
-  dpo          DPO on the same pairs (beta 1), the SFT model as the reference
+  dpo          DPO on the same pairs (beta 1, lr 3e-5), the SFT model as the reference
   dpo_rpo      DPO at beta 0.1 plus the chosen answers' NLL (RPO, Pang et al. 2024)
   ppo          PPO against the exact-match reward, KL penalty to the SFT model, value head
   ppo_rm       PPO against the reward model of 'reward' (RLHF's third step as InstructGPT runs it)
   ppo_rm_kl0   the same with a KL coefficient near zero: free to exploit the reward model
   grpo         GRPO, 8 samples per question, exact-match reward, k3 KL term
 Reported on 200 held-out questions: exact match greedy and sampled at temperature 1, the mean
-exact-match reward of the sampled answers and the KL from the SFT model. Results:
+reward of the sampled answers and the KL from the SFT model. Results:
 docs/results/ablations/alignment/.
 """
 from __future__ import annotations
@@ -67,8 +67,9 @@ def get_sweep(variant: str = "") -> Sweep:
             "whose carrying sums are answered with the carry dropped 80% of the time): a reward "
             "model, DPO, PPO (exact-match reward or the reward model) and GRPO. Exact match on "
             f"{base.align.eval_instances} held-out questions, greedy and sampled at temperature 1; "
-            "reward: the exact-match reward of the sampled answers; KL: from the SFT model, on "
-            "the sampled answers."),
+            "reward: the run's own reward of the sampled answers (exact match, 0 or 1, except "
+            "the ppo_rm rows: the reward model's score); KL: from the SFT model, on the sampled "
+            "answers."),
         base=base,
         variants=variants,
         columns=["sft/after/exact_match", "eval/reward/accuracy", "align/before/exact_match",
