@@ -96,12 +96,21 @@ def test_lora_dpo_scores_the_reference_with_the_adapters_disabled(start, tmp_pat
 
 
 @pytest.mark.parametrize("mode", ["ppo", "grpo"])
-def test_the_first_clipped_update_has_ratio_one_and_nothing_clipped(start, tmp_path, mode):
-    config = _config(mode, start, reward="fn:arithmetic_partial", epochs=2)
-    _, _, history = _first_steps(config, str(tmp_path / mode), jax.devices()[:1])
+def test_the_first_clipped_update_has_ratio_one_and_nothing_clipped(start, tmp_path, mode, monkeypatch):
+    """Under a top-k mask too, where prompt targets outside the top k have log-prob -inf (a
+    NaN gradient, which the spike guard would skip, if they entered the ratio)."""
+    from lm.align import rewards
+
+    monkeypatch.setitem(rewards.REWARDS, "length", lambda prompt, response: float(len(response)))
+    config = _config(mode, start, reward="fn:length", epochs=2, top_k=5, temperature=0.7)
+    _, state, history = _first_steps(config, str(tmp_path / mode), jax.devices()[:1])
+    assert history[0]["train/skipped"] == 0 and history[0]["train/grad_norm"] > 0
+    assert all(np.isfinite(x).all() for x in _host(state.params))
     assert history[0]["train/first_ratio"] == 1.0
     assert history[0]["train/first_clip_fraction"] == 0.0
-    assert history[0]["rollout/kl"] == 0.0  # the policy is the reference before any update
+    # The KL is from the distribution that sampled (top 5 at T 0.7) to the reference at T 0.7:
+    # before any update it is the log of 1 / the top 5's mass, positive.
+    assert history[0]["rollout/kl"] > 0
     assert math.isfinite(history[0]["train/loss"])
 
 
@@ -138,6 +147,7 @@ def test_a_nan_reward_drops_its_row_and_is_counted(start, tmp_path, monkeypatch,
     _, state, history = _first_steps(_config(mode, start, reward="fn:half_nan"), str(tmp_path / "nan"),
                                      jax.devices()[:1])
     assert history[0]["rollout/bad_rewards"] == 4  # of the 8 rollouts
+    assert history[0]["rollout/kl"] == 0.0  # no top-k / top-p: the policy is the reference
     assert history[0]["rollout/reward"] == 1.0  # the mean of the finite ones
     assert all(np.isfinite(x).all() for x in _host(state.params))
 

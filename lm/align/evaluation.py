@@ -20,6 +20,7 @@ from flax import nnx
 
 from lm.align import losses
 from lm.align.pairs import reference_shardings
+from lm.align.reward_source import padded_chunks
 from lm.align.rollout import processed_token_logps, rollout_rows
 from lm.infer.decode import DecodeSettings
 from lm.data.loader import to_global
@@ -72,11 +73,7 @@ class PolicyEvaluation:
         rows = rollout_rows(prompts, responses, self.trainer.align.max_new_tokens, exp.data.seq_len,
                             self.trainer.vocab.eos_id)
         total = []
-        for start in range(0, len(prompts), batch):
-            picks = np.arange(start, start + batch)
-            real = picks < len(prompts)
-            chunk = {k: v[np.where(real, picks, 0)] for k, v in rows.items()}
-            chunk["weights"] = chunk["weights"] * real[:, None]
+        for chunk, real in padded_chunks(rows, batch):
             out = jax.device_get(self._kl(params, self.reference, to_global(chunk, self.trainer.batch_sharding)))
             total.extend(np.asarray(out)[real].tolist())
         return float(np.mean(total))

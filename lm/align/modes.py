@@ -48,15 +48,7 @@ def preference_pairs(align: AlignConfig, split: str, count: int, seed: int) -> t
         pairs, skipped = preference.read_preference_jsonl(path, split, None, seed)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"config.align.pairs: {e}") from None
-    return pairs[:count], _counts(skipped)  # a file gives all its pairs, up to the count
-
-
-def _counts(skipped) -> dict:
-    if skipped is None:
-        return {}
-    if hasattr(skipped, "as_dict"):
-        return dict(skipped.as_dict())
-    return {k: int(v) for k, v in dict(skipped).items()}
+    return pairs[:count], dict(skipped.as_dict())  # a file gives all its pairs, up to the count
 
 
 def pair_arrays(trainer, align: AlignConfig, split: str, count: int) -> tuple[dict, dict]:

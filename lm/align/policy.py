@@ -37,7 +37,7 @@ log = logging.getLogger("lm.align")
 class PromptBatches(BatchIterator):
     """Prompt indices of each step (each epoch in its own seeded order) and the KL coefficient."""
 
-    def __init__(self, num_prompts: int, per_step: int, seed: int, kl_coef: float):
+    def __init__(self, num_prompts: int, per_step: int, seed: int, kl_coef: float, adaptive: bool = False):
         def batch_at(step: int) -> dict:
             stream = step * per_step + np.arange(per_step)
             epochs, offsets = np.divmod(stream, num_prompts)
@@ -45,14 +45,15 @@ class PromptBatches(BatchIterator):
                      for e, o in zip(epochs, offsets)]
             return {"prompt_index": np.asarray(order, np.int64)}
         super().__init__(batch_at, seed)
-        self.kl_coef = float(kl_coef)
+        self.kl_coef, self.adaptive = float(kl_coef), adaptive
 
     def get_state(self) -> dict:
         return {**super().get_state(), "kl_coef": self.kl_coef}
 
     def set_state(self, state: dict) -> None:
         super().set_state(state)
-        self.kl_coef = float(state.get("kl_coef", self.kl_coef))
+        if self.adaptive:  # a fixed coefficient is the config's, even if it changed since
+            self.kl_coef = float(state.get("kl_coef", self.kl_coef))
 
 
 def rollout_prompts(align: AlignConfig, seed: int) -> list[str]:
@@ -120,7 +121,8 @@ class RolloutStep:
             order = np.random.default_rng([self.trainer.exp.seed, step, epoch]).permutation(batch)
             for start in range(0, batch, size):
                 indices = jnp.asarray(np.sort(order[start:start + size]), jnp.int32)
-                state, metrics = self.update(state, rows, stats, indices)
+                update_index = jnp.int32(step * align.epochs * align.minibatches + len(collected))
+                state, metrics = self.update(state, rows, stats, indices, update_index)
                 collected.append(metrics)
         first, last = collected[0], collected[-1]
         out = dict(last)
@@ -145,6 +147,25 @@ class RolloutStep:
         observed = float(jax.device_get(metrics["rollout/kl"]))
         self.batches.kl_coef = float(losses.adaptive_kl_coef(self.batches.kl_coef, observed, align.kl_target,
                                                              align.kl_horizon, self.trainer.exp.data.batch_size))
+
+
+def encode_prompts(trainer, align: AlignConfig, texts: list[str]) -> list[list[int]]:
+    """Token ids of the rollout prompts; each must leave room for the answer in a row."""
+    from lm.instruct.rows import UnrepresentableTextError, check_representable
+
+    seq_len, prompts = trainer.exp.data.seq_len, []
+    for text in texts:
+        try:
+            check_representable(text, trainer.vocab, "a rollout prompt")
+        except UnrepresentableTextError as e:
+            raise ConfigError(f"config.align.prompts: {e}") from None
+        prompts.append(trainer.vocab.encode(text))
+    longest = max(len(p) for p in prompts)
+    if longest + align.max_new_tokens > seq_len:
+        raise ConfigError(f"a rollout prompt of {longest} tokens and config.align.max_new_tokens="
+                          f"{align.max_new_tokens} do not fit config.data.seq_len={seq_len}; raise it "
+                          f"to at least {longest + align.max_new_tokens}")
+    return prompts
 
 
 def _check_minibatches(trainer, align: AlignConfig) -> None:
@@ -185,9 +206,10 @@ def policy_training(config, workdir: str, devices=None, evaluate: bool = True) -
     exp = trainer.exp
     _check_minibatches(trainer, align)
     texts = rollout_prompts(align, exp.seed)
-    prompts = [trainer.vocab.encode(t) for t in texts]
+    prompts = encode_prompts(trainer, align, texts)
     per_step = exp.data.batch_size // (align.group_size if config.mode == "grpo" else 1)
-    batches = PromptBatches(len(prompts), per_step, exp.seed, align.kl_coef)
+    batches = PromptBatches(len(prompts), per_step, exp.seed, align.kl_coef,
+                            adaptive=config.mode == "ppo" and align.kl_target > 0)
     reference = trainer.reference_params()
     reward_source = RewardSource(trainer, align)
     trainer.train_step = RolloutStep(trainer, reference, reward_source, batches, prompts)

@@ -2,7 +2,7 @@
 
 ``prepare(params, reference, rows, scores, kl_coef)`` scores a rollout batch once before any
 update: the policy's log-probs under the sampling processing ("old" log-probs: computed by the
-same forward pass the updates use, so the first update's ratio is exactly 1), the reference's
+same forward pass the updates use, so the first update's ratio is 1 up to float rounding), the reference's
 log-probs, and the advantages (PPO: per-token KL penalty, value head, GAE, whitening; GRPO:
 group-normalised rewards). ``update(state, rows, stats, indices)`` is one clipped update on the
 rows ``indices`` of the batch.
@@ -23,7 +23,9 @@ from lm.train.step import apply_update, trainable_grad
 
 
 def _policy_outputs(trainer, params, rows, rng=None):
-    """(processed log-probs [B, T], values [B, T] or None, logits [B, T, V])."""
+    """(processed log-probs [B, T], values [B, T] or None, logits [B, T, V]). Log-probs are 0
+    outside the response: under a top-k or top-p mask a prompt or padding target may be -inf,
+    and -inf minus -inf in a ratio would be NaN in the gradient."""
     align, model = trainer.align, nnx.merge(trainer.graphdef, params)
     if "value" in trainer.exp.heads:
         logits, heads = apply_heads(model, rows, ("value",), False, rng)
@@ -31,7 +33,7 @@ def _policy_outputs(trainer, params, rows, rng=None):
     else:
         logits, values = model.forward(rows, False, rng), None
     logps = processed_token_logps(logits, rows["targets"], align.temperature, align.top_k, align.top_p)
-    return logps, values, logits
+    return jnp.where(rows["weights"] > 0, logps, 0.0), values, logits
 
 
 def make_prepare(trainer, reference):
@@ -44,7 +46,7 @@ def make_prepare(trainer, reference):
         # The reference at the sampling temperature without the top-k / top-p masks: the KL is
         # from the distribution that drew the tokens to the reference, finite wherever it is.
         ref_logps = processed_token_logps(ref_logits, rows["targets"], align.temperature)
-        kl_bt = losses.kl_per_token(logps, ref_logps, align.kl_estimator) * mask
+        kl_bt = jnp.where(mask > 0, losses.kl_per_token(logps, ref_logps, align.kl_estimator), 0.0)
         stats = {"old_logps": logps, "ref_logps": ref_logps,
                  "kl_per_sequence": jnp.sum(kl_bt) / jnp.maximum(jnp.sum(jnp.any(mask > 0, axis=1)), 1)}
         if kind == "ppo":
@@ -84,7 +86,7 @@ def make_update(trainer):
         return total, {**metrics, "loss": total}
     grad_fn = trainable_grad(loss, trainer.trainable)
 
-    def update(state, rows, stats, indices):
+    def update(state, rows, stats, indices, update_index):
         pick = _rows_at(indices, trainer)
         rows, stats = pick(rows), pick(stats)
         # Dropout's stream: the step and the minibatch's first row tell the updates apart.
@@ -93,12 +95,12 @@ def make_update(trainer):
         total = metrics.pop("loss")
         params, opt_state, guard = apply_update(trainer.optimizer, grads, state.opt_state, state.params, total)
         out = {"train/loss": total, "train/grad_norm": optax.global_norm(grads),
-               "train/lr": trainer.schedule(state.step), **guard}
+               "train/lr": trainer.schedule(update_index), **guard}
         out.update({f"train/{k.split('/')[-1]}": v for k, v in metrics.items()})
         return state.replace(params=params, opt_state=opt_state), out
 
     return jax.jit(trainer.with_rules(update), donate_argnums=0,
-                   in_shardings=(trainer.shardings, trainer.batch_sharding, None, None),
+                   in_shardings=(trainer.shardings, trainer.batch_sharding, None, None, None),
                    out_shardings=(trainer.shardings, shd.replicated(trainer.mesh)))
 
 

@@ -18,6 +18,7 @@ from lm.align.config import AlignConfig
 from lm.align.pairs import sequence_scores
 from lm.align.rollout import rollout_rows
 from lm.configlib import ConfigError
+from lm.train.errors import RunStopped
 from lm.data.loader import to_global
 from lm.parallel import sharding as shd
 
@@ -57,15 +58,29 @@ class RewardSource:
     def _model_rewards(self, prompts, responses) -> np.ndarray:
         exp = self.trainer.exp
         rows = rollout_rows(prompts, responses, self.align.max_new_tokens, exp.data.seq_len,
-                            self.trainer.vocab.eos_id)
-        scores = np.asarray(jax.device_get(self._score(self.model_params,
-                                                       to_global(rows, self.trainer.batch_sharding))))
+                            self.trainer.vocab.eos_id, always_eos=True)
+        sharding = self.trainer.batch_sharding
+        scores = np.concatenate([
+            np.asarray(jax.device_get(self._score(self.model_params, to_global(chunk, sharding))))[real]
+            for chunk, real in padded_chunks(rows, exp.data.batch_size)])
         bad = np.flatnonzero(~np.isfinite(scores))
         if bad.size:
-            raise FloatingPointError(f"the reward model in {self.name} scored a rollout "
+            raise RunStopped(f"the reward model in {self.name} scored a rollout "
                                      f"{scores[bad[0]]} for prompt {self.trainer.vocab.decode(prompts[bad[0]])!r}; "
                                      f"its checkpoint may be damaged")
         return scores.astype(np.float32)
+
+
+def padded_chunks(rows: dict, batch_size: int):
+    """(chunk of ``batch_size`` rows, which of them are real) over ``rows``; the last chunk is
+    filled with weightless copies of row 0."""
+    count = len(rows["weights"])
+    for start in range(0, count, batch_size):
+        picks = np.arange(start, start + batch_size)
+        real = picks < count
+        chunk = {k: v[np.where(real, picks, 0)] for k, v in rows.items()}
+        chunk["weights"] = chunk["weights"] * real[:, None]
+        yield chunk, real
 
 
 def load_reward_model(workdir: str, trainer):

@@ -36,16 +36,18 @@ def sample(run, params, prompts: Sequence[Sequence[int]], settings: DecodeSettin
 
 
 def rollout_rows(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-                 max_new_tokens: int, seq_len: int, eos_id: int) -> dict[str, np.ndarray]:
+                 max_new_tokens: int, seq_len: int, eos_id: int,
+                 always_eos: bool = False) -> dict[str, np.ndarray]:
     """[B, seq_len] rows of prompt + response (+ EOS when the response stopped before
-    ``max_new_tokens``), weighted on the response."""
+    ``max_new_tokens``, or always with ``always_eos``: a reward model reads its score where the
+    EOS is predicted, after the whole response), weighted on the response."""
     batch = len(prompts)
     arrays = {"inputs": np.zeros((batch, seq_len), np.int32),
               "targets": np.zeros((batch, seq_len), np.int32),
               "weights": np.zeros((batch, seq_len), np.float32),
               "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len)).copy()}
     for row, (prompt, response) in enumerate(zip(prompts, responses)):
-        ended = len(response) < max_new_tokens
+        ended = always_eos or len(response) < max_new_tokens
         tokens = list(prompt) + list(response) + ([eos_id] if ended else [])
         if len(tokens) - 1 > seq_len:
             raise ValueError(f"a prompt of {len(prompt)} tokens and {max_new_tokens} new tokens do "

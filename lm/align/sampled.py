@@ -43,7 +43,12 @@ def sampled_preference_pairs(trainer, align: AlignConfig, split: str, count: int
         answers = [vocab.decode(tokens).strip() for tokens in scorer.generate_tokens(repeated, settings)]
         return [answers[i * n:(i + 1) * n] for i in range(len(texts))]
 
-    pairs, skipped = sampled_pairs(prompts, generate, name, align.group_size)
+    from lm.align.rewards import reward_function
+    try:
+        reward = reward_function(name)
+    except ValueError as e:
+        raise ConfigError(f"config.align.reward={align.reward!r}: {e}") from None
+    pairs, skipped = sampled_pairs(prompts, generate, reward, align.group_size)
     log.info("%s: %d pairs from %d questions sampled %d times; %s", split, len(pairs),
              len(prompts), align.group_size, skipped.summary())
     return pairs, dict(skipped.as_dict())

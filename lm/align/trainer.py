@@ -37,6 +37,13 @@ class AlignTrainer(Trainer):
         self.base_graphdef = abstract_model(self.exp.model)[0]
         self._base: Run | None = None
 
+    def optimizer_updates(self) -> int:
+        """PPO and GRPO update ``epochs x minibatches`` times per rollout batch (train step), and
+        the schedule counts updates (so do ``config.optimizer.warmup_steps`` and ``decay_steps``)."""
+        align = align_config(self.config)
+        per_step = align.epochs * align.minibatches if self.config.mode in ("ppo", "grpo") else 1
+        return self.exp.train.steps * per_step
+
     @property
     def disables_adapters(self) -> bool:
         """The reference is the policy with its PEFT parameters zeroed (no second copy)."""
@@ -81,6 +88,13 @@ def check_align_model(config) -> None:
     if not config.get("init_from"):
         raise ConfigError(f"config.mode={config.mode!r} needs config.init_from=<workdir of the "
                           f"supervised (SFT) run it starts from>")
+    if config.mode in ("ppo", "grpo"):
+        if config.model.get("dropout", 0.0):
+            raise ConfigError(f"config.mode={config.mode!r} needs config.model.dropout=0: the rollout "
+                              f"log-probs and the updates must score the same function")
+        if jax.process_count() > 1:
+            raise ConfigError(f"config.mode={config.mode!r} runs in one process (rollouts are "
+                              f"gathered on its host); {jax.process_count()} processes were started")
 
 
 def starting_run(init_from: str, trainer: Trainer) -> Run:
@@ -89,6 +103,10 @@ def starting_run(init_from: str, trainer: Trainer) -> Run:
     devices = list(trainer.mesh.devices.flat)
     base = Run.from_workdir(init_from, use_time={"mesh": trainer.config.mesh}, devices=devices)
     check_base_model(base.exp.model, trainer.exp.model, f"config.init_from={init_from!r}")
+    if base.exp.heads:
+        raise ConfigError(f"config.init_from={init_from!r} is a config.mode={base.config.get('mode')!r} "
+                          f"run (with a {'/'.join(base.exp.heads)} head); alignment starts from a "
+                          f"supervised run: point init_from at the SFT run")
     if base.exp.peft.method not in ("none", "full"):
         raise ConfigError(f"config.init_from={init_from!r} was trained with "
                           f"peft.method={base.exp.peft.method!r}; alignment starts from a full "

@@ -29,9 +29,9 @@ class Trainer(Run):
         super().__init__(config, workdir, devices)
         exp = self.exp
         check_layout(exp, self.mesh, self.batch_sharding)
-        self.schedule = make_schedule(exp.optimizer, exp.train.steps)
+        self.schedule = make_schedule(exp.optimizer, self.optimizer_updates())
         self.trainable = self.trainable_mask()
-        self.optimizer = make_optimizer(exp.optimizer, exp.train.steps, block_stack_axes(exp.model))
+        self.optimizer = make_optimizer(exp.optimizer, self.optimizer_updates(), block_stack_axes(exp.model))
         if self.trainable is not None:  # PEFT: frozen leaves get no update and no optimizer state
             self.optimizer = frozen(self.optimizer, self.trainable)
         if exp.train.spike_skip:
@@ -49,6 +49,10 @@ class Trainer(Run):
                                   in_shardings=(self.shardings, self.batch_sharding),
                                   out_shardings=(self.shardings, shd.replicated(self.mesh)),
                                   donate_argnums=0)
+
+    def optimizer_updates(self) -> int:
+        """Optimizer updates the learning-rate schedule spans: one per train step here."""
+        return self.exp.train.steps
 
     def trainable_mask(self):
         """Which parameters train (None: all of them)."""
