@@ -98,4 +98,41 @@ def analysis(rows: list[dict], workdir: str) -> str:
         lines.append(f"| {row['name']} | {row['align/after/exact_match']:.1f} | "
                      f"{row['align/after/sampled_exact_match']:.1f} | {row['align/after/reward']:.3f} | "
                      f"{row['align/after/kl']:.3f} | {gain:+.1f} | {'yes' if gain >= 15 else 'no'} |")
+    if compared and plot_curves(compared, workdir):
+        lines += ["", "![Held-out greedy exact match during training](exact_match_by_step.png)"]
     return "\n".join(lines) + "\n"
+
+
+def plot_curves(rows: list[dict], workdir: str) -> bool:
+    """exact_match_by_step.png: each method's held-out greedy exact match at step 0, at every
+    evaluation (its metrics.jsonl) and at the end; False when no run left its metrics."""
+    import json
+    import os
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for row in rows:
+        path = os.path.join(workdir, row["directory"], "metrics.jsonl")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            points = [(0, row["align/before/exact_match"])] + [
+                (r["step"], r["align/exact_match"]) for r in map(json.loads, f) if "align/exact_match" in r]
+        last = max(step for step, _ in points)
+        steps = row.get("train.steps") or last
+        points.append((max(steps, last), row["align/after/exact_match"]))
+        axes.plot(*zip(*points), marker="o", label=row["name"])
+    if not axes.lines:
+        plt.close(figure)
+        return False
+    axes.set(xlabel="train step (rollout batch for ppo / grpo)", ylabel="greedy exact match (%)",
+             title="Held-out greedy exact match during training")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(os.path.join(workdir, "exact_match_by_step.png"), dpi=110)
+    plt.close(figure)
+    return True
