@@ -47,6 +47,13 @@ def _load(name: str, fn: Union[Fn, str, None]) -> Optional[Fn]:
 
 TRAINING = ("data", "model", "optimizer", "train", "mesh", "peft")
 ALIGNMENT = TRAINING + ("align",)
+
+
+def _alignment(run: str, summary: str) -> Mode:
+    """An alignment mode (lm/align): its own run, the shared check of config.align."""
+    return Mode(run, "lm.align.modes:validate_align", summary=summary, reads=ALIGNMENT)
+
+
 MODES: dict[str, Mode] = {
     "pretrain": Mode("lm.train.loop:run_pretrain", "lm.train.loop:validate_pretrain",
                      "lm.train.loop:evaluate_checkpoint", "train from scratch (or resume)",
@@ -54,18 +61,14 @@ MODES: dict[str, Mode] = {
     "sft": Mode("lm.train.sft:run_sft", "lm.train.sft:validate_sft",
                 "lm.train.loop:evaluate_checkpoint", "instruction tuning from config.init_from",
                 reads=TRAINING + ("sft",)),
-    "reward": Mode("lm.align.modes:run_pair_mode", "lm.align.modes:validate_align",
-                   summary="reward model (Bradley-Terry on preference pairs) from config.init_from",
-                   reads=ALIGNMENT),
-    "dpo": Mode("lm.align.modes:run_pair_mode", "lm.align.modes:validate_align",
-                summary="direct preference optimisation (DPO, IPO) from config.init_from",
-                reads=ALIGNMENT),
-    "ppo": Mode("lm.align.policy:run_policy_mode", "lm.align.modes:validate_align",
-                summary="PPO with a KL penalty and a value head from config.init_from",
-                reads=ALIGNMENT),
-    "grpo": Mode("lm.align.policy:run_policy_mode", "lm.align.modes:validate_align",
-                 summary="GRPO (group-normalised rewards, no value model) from config.init_from",
-                 reads=ALIGNMENT),
+    "reward": _alignment("lm.align.modes:run_pair_mode",
+                         "reward model (Bradley-Terry on preference pairs) from config.init_from"),
+    "dpo": _alignment("lm.align.modes:run_pair_mode",
+                      "direct preference optimisation (DPO, IPO) from config.init_from"),
+    "ppo": _alignment("lm.align.policy:run_policy_mode",
+                      "PPO with a KL penalty and a value head from config.init_from"),
+    "grpo": _alignment("lm.align.policy:run_policy_mode",
+                       "GRPO (group-normalised rewards, no value model) from config.init_from"),
     "eval": Mode("lm.eval.runner:evaluate_workdir", "lm.eval.runner:validate_eval",
                  summary="validation loss and config.eval.tasks of a trained run", reads_workdir=True,
                  reads=("eval", "mesh")),

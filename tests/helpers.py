@@ -37,6 +37,19 @@ def small_config(steps: int = 4, **model) -> ml_collections.ConfigDict:
     return config
 
 
+def pretrained_smoke_run(workdir: str) -> str:
+    """The demo's 20-step smoke run trained into ``workdir`` on one device (no samples, no
+    progress bar): a real checkpoint to start fine-tuning, alignment or evaluation from."""
+    import jax
+
+    from lm.train.loop import pretrain
+
+    config = shakespeare_char.get_config("smoke")
+    config.train.progress, config.train.sample_tokens = False, 0
+    pretrain(config, workdir, devices=jax.devices()[:1])
+    return workdir
+
+
 def run_module(module: str, *args: str, timeout: int = 600,
                env: dict | None = None) -> subprocess.CompletedProcess:
     """Runs ``python -m module args`` on one CPU device (no fake-device flag)."""

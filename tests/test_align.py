@@ -11,11 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import align_arithmetic, shakespeare_char
+from experiments import align_arithmetic
+from tests.helpers import pretrained_smoke_run
 from lm.align.modes import pair_training
 from lm.align.policy import policy_training
 from lm.configlib import ConfigError
-from lm.train.loop import pretrain
 
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}
 LN2 = math.log(2.0)
@@ -24,11 +24,7 @@ LN2 = math.log(2.0)
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
     """A run the alignment modes start from (the smoke demo: no PEFT, a causal decoder)."""
-    workdir = str(tmp_path_factory.mktemp("align") / "start")
-    config = shakespeare_char.get_config("smoke")
-    config.train.progress, config.train.sample_tokens = False, 0
-    pretrain(config, workdir, devices=jax.devices()[:1])
-    return workdir
+    return pretrained_smoke_run(str(tmp_path_factory.mktemp("align") / "start"))
 
 
 def _config(mode: str, start: str, mesh: dict | None = None, **align):

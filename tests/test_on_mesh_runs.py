@@ -7,8 +7,8 @@ import jax
 import pytest
 
 from experiments import sft_arithmetic, shakespeare_char
+from tests.helpers import pretrained_smoke_run
 from lm.eval.runner import evaluate_workdir
-from lm.train.loop import pretrain
 from lm.train.sft import sft
 
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}
@@ -16,11 +16,7 @@ MESH = {"data": 2, "fsdp": 2, "tensor": 2}
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("mesh") / "base")
-    config = shakespeare_char.get_config("smoke")
-    config.train.progress, config.train.sample_tokens = False, 0
-    pretrain(config, workdir, devices=jax.devices()[:1])
-    return workdir
+    return pretrained_smoke_run(str(tmp_path_factory.mktemp("mesh") / "base"))
 
 
 def _on(config, mesh: dict):

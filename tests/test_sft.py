@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import sft_arithmetic, shakespeare_char
+from experiments import sft_arithmetic
+from tests.helpers import pretrained_smoke_run
 from lm.configlib import ConfigError
-from lm.train.loop import pretrain
 from lm.train.sft import eval_row_batches, final_answer, mixture_parts, sft
 
 
@@ -46,12 +46,7 @@ def test_final_answer():
 
 
 def _smoke_base(tmp_path) -> str:
-    base = str(tmp_path / "base")
-    config = shakespeare_char.get_config("smoke")
-    config.train.progress = False
-    config.train.sample_tokens = 0
-    pretrain(config, base, devices=jax.devices()[:1])
-    return base
+    return pretrained_smoke_run(str(tmp_path / "base"))
 
 
 def _sft_config(base: str, method: str):

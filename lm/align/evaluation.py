@@ -9,7 +9,6 @@ evaluation and after.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -26,6 +25,7 @@ from lm.infer.decode import DecodeSettings
 from lm.data.loader import to_global
 from lm.fileio import write_atomically
 from lm.parallel import sharding as shd
+from lm.parallel.axes import outputs_to_host
 
 SAMPLE_SEED = 1234  # the sampled answers of every evaluation draw from the same stream
 
@@ -51,20 +51,20 @@ class PolicyEvaluation:
                            out_shardings=shd.replicated(trainer.mesh))
 
     def scores(self, params) -> dict:
+        from lm.train.sft import answer_scores
+
         trainer, vocab = self.trainer, self.trainer.vocab
+        max_new, batch_size = trainer.align.max_new_tokens, trainer.exp.data.batch_size
+        greedy, answered = answer_scores(trainer, params, self.instances, max_new, batch_size)
         prompts = [vocab.encode(i.prompt) for i in self.instances]
-        targets = [i.responses[0].strip() for i in self.instances]
-        scorer = trainer.scorer(params, trainer.exp.data.batch_size)
-        settings = DecodeSettings(max_new_tokens=trainer.align.max_new_tokens, stop_tokens=(vocab.eos_id,))
-        greedy = scorer.generate_tokens(prompts, settings)
-        sampled = scorer.generate_tokens(prompts, dataclasses.replace(settings, temperature=1.0,
-                                                                      seed=SAMPLE_SEED))
-        greedy_text = [vocab.decode(t).strip() for t in greedy]
+        settings = DecodeSettings(max_new_tokens=max_new, temperature=1.0, stop_tokens=(vocab.eos_id,),
+                                  seed=SAMPLE_SEED)
+        sampled = trainer.scorer(params, batch_size).generate_tokens(prompts, settings)
         sampled_text = [vocab.decode(t).strip() for t in sampled]
-        self.samples = [{"prompt": i.prompt, "target": t, "greedy": g, "sampled": s}
-                        for i, t, g, s in zip(self.instances, targets, greedy_text, sampled_text)]
-        return {"exact_match": 100.0 * float(np.mean([g == t for g, t in zip(greedy_text, targets)])),
-                "sampled_exact_match": 100.0 * float(np.mean([s == t for s, t in zip(sampled_text, targets)])),
+        self.samples = [{**row, "sampled": s} for row, s in zip(answered, sampled_text)]
+        return {"exact_match": greedy["exact_match"],
+                "sampled_exact_match": 100.0 * float(np.mean([s == row["target"].strip()
+                                                              for row, s in zip(answered, sampled_text)])),
                 "reward": float(np.nanmean(self.reward_source(prompts, sampled))),
                 "kl": self._kl_estimate(params, prompts, sampled)}
 
@@ -74,7 +74,7 @@ class PolicyEvaluation:
                             self.trainer.vocab.eos_id)
         total = []
         for chunk, real in padded_chunks(rows, batch):
-            out = jax.device_get(self._kl(params, self.reference, to_global(chunk, self.trainer.batch_sharding)))
+            out = outputs_to_host(self._kl(params, self.reference, to_global(chunk, self.trainer.batch_sharding)))
             total.extend(np.asarray(out)[real].tolist())
         return float(np.mean(total))
 

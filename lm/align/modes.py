@@ -15,18 +15,14 @@ import os
 import time
 
 import jax
-import numpy as np
 
 from lm.align.config import AlignConfig, align_config
 from lm.configlib import ConfigError
-from lm.data.loader import to_global
 from lm.fileio import write_atomically
 from lm.train.fit import fit
 from lm.train.metrics import last_logged
 
 log = logging.getLogger("lm.align")
-HEADLINES = {"reward": ("eval/loss", "eval/reward/accuracy"),
-             "dpo": ("eval/loss", "eval/rewards/accuracies", "eval/rewards/margins")}
 
 
 # ----------------------------------------------------------------------------- data
@@ -67,20 +63,6 @@ def pair_arrays(trainer, align: AlignConfig, split: str, count: int) -> tuple[di
     return arrays, {"report": report.summary(), "read_skips": skipped}
 
 
-def padded_batches(arrays: dict, batch_size: int, weight_keys: tuple[str, ...]) -> list[dict]:
-    """Rows in order, the last batch filled with weightless copies of row 0."""
-    rows = len(arrays[weight_keys[0]])
-    out = []
-    for start in range(0, rows, batch_size):
-        picks = np.arange(start, start + batch_size)
-        real = picks < rows
-        batch = {k: v[np.where(real, picks, 0)] for k, v in arrays.items()}
-        for key in weight_keys:
-            batch[key] = batch[key] * real[:, None]
-        out.append(batch)
-    return out
-
-
 def eval_instances(align: AlignConfig, seed: int) -> list:
     from lm.instruct.datasets import instruction_dataset
     try:
@@ -102,9 +84,10 @@ def pair_training(config, workdir: str, devices=None, evaluate: bool = True) -> 
     """(trainer with its pair step, train batches, eval sets, hooks, extra results);
     ``evaluate=False`` leaves out the answers before and after."""
     from lm.align.evaluation import PolicyEvaluation
-    from lm.align.pairs import OBJECTIVES, USES_REFERENCE, PairValidation, make_pair_step, row_fields
+    from lm.align.pairs import OBJECTIVES, USES_REFERENCE, PairValidation, make_pair_step
     from lm.align.reward_source import RewardSource
     from lm.align.trainer import AlignTrainer
+    from lm.train.sft_data import eval_row_batches
     from lm.align.preference import pair_batches
 
     kind, align = config.mode, align_config(config)
@@ -121,15 +104,13 @@ def pair_training(config, workdir: str, devices=None, evaluate: bool = True) -> 
     objective = OBJECTIVES[kind](align)
     step = make_pair_step(trainer, objective, reference)
     trainer.train_step = lambda state, batch: step(state, batch, reference)
-    trainer.place_batch = lambda batch: to_global(row_fields(batch), trainer.batch_sharding)
     trainer.validation = PairValidation(trainer, objective, reference)
-    trainer.eval_headline = HEADLINES[kind]
     hooks = []
     if kind != "reward" and evaluate:
         hooks.append(PolicyEvaluation(trainer, eval_instances(align, exp.seed), reference,
                                       RewardSource(trainer, align)))
     train_iter = pair_batches(train, exp.data.batch_size, exp.seed, jax.process_index(), jax.process_count())
-    eval_sets = {"": padded_batches(held_out, exp.data.batch_size, ("chosen_weights", "rejected_weights"))}
+    eval_sets = {"": eval_row_batches(held_out, exp.data.batch_size, ("chosen_weights", "rejected_weights"))}
     return trainer, train_iter, eval_sets, hooks, {"align/pairs": train_info["report"]}
 
 

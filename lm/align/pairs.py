@@ -21,6 +21,7 @@ from lm.align.config import AlignConfig
 from lm.data.loader import to_global
 from lm.models.heads import apply_heads, at_index, last_response_index
 from lm.parallel import sharding as shd
+from lm.parallel.axes import outputs_to_host
 from lm.train.state import TrainState
 from lm.train.step import apply_update, trainable_grad
 
@@ -140,7 +141,7 @@ class PairValidation:
         totals: dict[str, float] = {}
         pairs = 0.0
         for batch in sets[""]:
-            out = jax.device_get(self.step(params, self.reference,
+            out = outputs_to_host(self.step(params, self.reference,
                                            to_global(row_fields(batch), self.trainer.batch_sharding)))
             count = float(out.pop("pairs"))
             pairs += count

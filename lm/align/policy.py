@@ -30,6 +30,7 @@ from lm.align.rollout import rollout_rows, sample, sampling_settings
 from lm.configlib import ConfigError
 from lm.data.batches import BatchIterator
 from lm.data.loader import to_global
+from lm.parallel.axes import outputs_to_host
 
 log = logging.getLogger("lm.align")
 
@@ -144,7 +145,7 @@ class RolloutStep:
         align = self.align
         if self.kind != "ppo" or not align.kl_target:
             return
-        observed = float(jax.device_get(metrics["rollout/kl"]))
+        observed = float(outputs_to_host(metrics["rollout/kl"]))
         self.batches.kl_coef = float(losses.adaptive_kl_coef(self.batches.kl_coef, observed, align.kl_target,
                                                              align.kl_horizon, self.trainer.exp.data.batch_size))
 
@@ -213,8 +214,6 @@ def policy_training(config, workdir: str, devices=None, evaluate: bool = True) -
     reference = trainer.reference_params()
     reward_source = RewardSource(trainer, align)
     trainer.train_step = RolloutStep(trainer, reference, reward_source, batches, prompts)
-    trainer.place_batch = lambda batch: batch  # prompt indices stay on the host
     trainer.validation = lambda params, sets: {}
-    trainer.eval_headline = ()  # no validation loss: the hook's answers are the measure
     hooks = [PolicyEvaluation(trainer, eval_instances(align, exp.seed), reference, reward_source)] if evaluate else []
     return trainer, batches, {}, hooks, {"align/prompts": len(prompts)}

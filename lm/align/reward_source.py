@@ -21,6 +21,7 @@ from lm.configlib import ConfigError
 from lm.train.errors import RunStopped
 from lm.data.loader import to_global
 from lm.parallel import sharding as shd
+from lm.parallel.axes import outputs_to_host
 
 
 class RewardSource:
@@ -61,7 +62,7 @@ class RewardSource:
                             self.trainer.vocab.eos_id, always_eos=True)
         sharding = self.trainer.batch_sharding
         scores = np.concatenate([
-            np.asarray(jax.device_get(self._score(self.model_params, to_global(chunk, sharding))))[real]
+            np.asarray(outputs_to_host(self._score(self.model_params, to_global(chunk, sharding))))[real]
             for chunk, real in padded_chunks(rows, exp.data.batch_size)])
         bad = np.flatnonzero(~np.isfinite(scores))
         if bad.size:
@@ -72,15 +73,13 @@ class RewardSource:
 
 
 def padded_chunks(rows: dict, batch_size: int):
-    """(chunk of ``batch_size`` rows, which of them are real) over ``rows``; the last chunk is
-    filled with weightless copies of row 0."""
+    """(chunk of ``batch_size`` rows, which of them are real) over ``rows``, the last chunk
+    padded as ``eval_row_batches`` pads."""
+    from lm.train.sft_data import eval_row_batches
+
     count = len(rows["weights"])
-    for start in range(0, count, batch_size):
-        picks = np.arange(start, start + batch_size)
-        real = picks < count
-        chunk = {k: v[np.where(real, picks, 0)] for k, v in rows.items()}
-        chunk["weights"] = chunk["weights"] * real[:, None]
-        yield chunk, real
+    for index, chunk in enumerate(eval_row_batches(rows, batch_size)):
+        yield chunk, np.arange(index * batch_size, (index + 1) * batch_size) < count
 
 
 def load_reward_model(workdir: str, trainer):

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lm.align.config import AlignConfig, align_config
+from lm.align.pairs import row_fields
+from lm.data.loader import to_global
 from lm.configlib import ConfigError
 from lm.peft.params import is_peft_path, leaves_with_paths
 from lm.train.run import Run
@@ -24,6 +26,8 @@ from lm.train.trainer import Trainer
 
 log = logging.getLogger("lm.align")
 PEFT_METHODS = ("none", "full", "lora", "adapter")
+HEADLINES = {"reward": ("eval/loss", "eval/reward/accuracy"),
+             "dpo": ("eval/loss", "eval/rewards/accuracies", "eval/rewards/margins")}
 
 
 class AlignTrainer(Trainer):
@@ -43,6 +47,17 @@ class AlignTrainer(Trainer):
         align = align_config(self.config)
         per_step = align.epochs * align.minibatches if self.config.mode in ("ppo", "grpo") else 1
         return self.exp.train.steps * per_step
+
+    @property
+    def eval_headline(self) -> tuple[str, ...]:
+        """PPO and GRPO have no validation loss: the held-out answers are their measure."""
+        return HEADLINES.get(self.config.mode, ())
+
+    def place_batch(self, batch: dict):
+        """Pair rows go on the mesh; rollout prompts stay on the host, to be decoded."""
+        if self.config.mode in ("ppo", "grpo"):
+            return batch
+        return to_global(row_fields(batch), self.batch_sharding)
 
     @property
     def disables_adapters(self) -> bool:
@@ -98,11 +113,11 @@ def check_align_model(config) -> None:
 
 
 def starting_run(init_from: str, trainer: Trainer) -> Run:
-    from lm.train.sft import check_base_model
+    """SFT's start (``lm.train.sft.base_run``: this mesh, the same model) that is also a plain
+    supervised run: no head, no PEFT."""
+    from lm.train.sft import base_run
 
-    devices = list(trainer.mesh.devices.flat)
-    base = Run.from_workdir(init_from, use_time={"mesh": trainer.config.mesh}, devices=devices)
-    check_base_model(base.exp.model, trainer.exp.model, f"config.init_from={init_from!r}")
+    base = base_run(init_from, trainer)
     if base.exp.heads:
         raise ConfigError(f"config.init_from={init_from!r} is a config.mode={base.config.get('mode')!r} "
                           f"run (with a {'/'.join(base.exp.heads)} head); alignment starts from a "

@@ -21,8 +21,6 @@ from lm.models.config import ModelConfig
 from lm.models.layers import param
 
 HEAD_NAMES = ("score", "value")
-# The heads the runs of a config.mode carry: a reward model's score, PPO's value.
-MODE_HEADS = {"reward": ("score",), "ppo": ("value",)}
 HEAD_STREAM = 0x4EAD  # fold_in(key(seed), HEAD_STREAM): the heads' own random stream
 
 

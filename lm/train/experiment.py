@@ -8,7 +8,6 @@ import jax
 from lm.configlib import ConfigError, Section, at_least, option, positive
 from lm.data import pipeline as data_lib
 from lm.models.config import ModelConfig
-from lm.models.heads import MODE_HEADS
 from lm.parallel import MeshConfig
 from lm.parallel.axes import mesh_ways
 from lm.peft.config import PeftConfig
@@ -53,6 +52,11 @@ class TrainConfig(Section):
                                   "exit 0 (a second SIGINT stops at once)")
 
 
+# The scalar heads (lm.models.heads) the runs of a config.mode carry: a reward model's score,
+# PPO's value.
+MODE_HEADS = {"reward": ("score",), "ppo": ("value",)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     """The typed sections of one experiment config."""
@@ -82,7 +86,7 @@ class Experiment:
 
 
 def mode_heads(mode: str, model: ModelConfig) -> tuple[str, ...]:
-    """The scalar heads the runs of ``mode`` carry (lm.models.heads.MODE_HEADS)."""
+    """The scalar heads the runs of ``mode`` carry (MODE_HEADS)."""
     heads = MODE_HEADS.get(mode, ())
     if heads and model.arch != "decoder":
         raise ConfigError(f"config.mode={mode!r} puts a {'/'.join(heads)} head on a causal decoder: "

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
-from lm.data.loader import Prefetcher, to_global
+from lm.data.loader import Prefetcher
 from lm.fileio import append_text
 from lm.train import hardware
 from lm.train.checkpoint import Checkpointer
@@ -157,7 +157,7 @@ class _Loop:
         self._restart_window()
         pending: collections.deque = collections.deque()  # (step, metrics) not yet read
         while step < cfg.steps:
-            state, metrics = trainer.train_step(state, self._place(next(self.batches)))
+            state, metrics = trainer.train_step(state, trainer.place_batch(next(self.batches)))
             step += 1
             self.window_steps += 1
             self.bar.update(1)
@@ -193,12 +193,6 @@ class _Loop:
         self.checkpointer.wait()
         self.final.update(step=int(state.step), num_params=trainer.num_params)
         return self.final, state
-
-    def _place(self, batch: dict):
-        """A host batch on the mesh, or as the trainer places it (rollouts keep prompts on the
-        host to decode them)."""
-        place = getattr(self.trainer, "place_batch", None)
-        return place(batch) if place else to_global(batch, self.trainer.batch_sharding)
 
     def _observe(self, pending: collections.deque, keep: int) -> bool:
         """Reads the guard's decisions of all but the last ``keep`` pending steps, oldest first;
@@ -255,7 +249,7 @@ class _Loop:
 def _evaluate(trainer, state, eval_sets, writer, step: int, bar, hooks) -> dict:
     scores = trainer.validation(state.params, eval_sets)
     writer.write(step, scores)
-    headline = getattr(trainer, "eval_headline", None)  # the keys a trainer's progress line shows
+    headline = trainer.eval_headline
     if headline is None:
         bar.write(f"step {step}: eval/loss {scores['eval/loss']:.4f}  "
                   f"perplexity {scores['eval/perplexity']:.2f}")

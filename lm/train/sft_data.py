@@ -100,14 +100,17 @@ def held_out_instances(cfg: SFTConfig, seed: int) -> list:
                     "config.sft.eval_data / config.sft.eval_instances")
 
 
-def eval_row_batches(arrays: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
-    """Held-out rows in order, the last batch padded with weightless copies of row 0."""
-    rows = len(arrays["weights"])
+def eval_row_batches(arrays: dict[str, np.ndarray], batch_size: int,
+                     weight_keys: tuple[str, ...] = ("weights",)) -> list[dict[str, np.ndarray]]:
+    """Held-out rows in order, the last batch padded with copies of row 0 whose ``weight_keys``
+    (e.g. both sides of a preference pair) are zero."""
+    rows = len(arrays[weight_keys[0]])
     batches = []
     for start in range(0, rows, batch_size):
         picks = np.arange(start, start + batch_size)
         real = picks < rows
         batch = {key: value[np.where(real, picks, 0)] for key, value in arrays.items()}
-        batch["weights"] = batch["weights"] * real[:, None]
+        for key in weight_keys:
+            batch[key] = batch[key] * real[:, None]
         batches.append(batch)
     return batches

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from lm.data import objectives
+from lm.data.loader import to_global
 from lm.data import pipeline as data_lib
 from lm.models.heads import attribute as head_attribute
 from lm.models.transformer import block_stack_axes
@@ -24,6 +25,9 @@ from lm.train.step import StepConfig, make_train_step
 
 class Trainer(Run):
     """Owns the optimizer and the compiled steps of one experiment in one workdir."""
+
+    # The metrics the progress line shows after each validation (None: loss and perplexity).
+    eval_headline: tuple[str, ...] | None = None
 
     def __init__(self, config, workdir: str, devices=None):
         super().__init__(config, workdir, devices)
@@ -49,6 +53,10 @@ class Trainer(Run):
                                   in_shardings=(self.shardings, self.batch_sharding),
                                   out_shardings=(self.shardings, shd.replicated(self.mesh)),
                                   donate_argnums=0)
+
+    def place_batch(self, batch: dict) -> dict:
+        """A host batch as the train step takes it: on the mesh, split over the batch axes."""
+        return to_global(batch, self.batch_sharding)
 
     def optimizer_updates(self) -> int:
         """Optimizer updates the learning-rate schedule spans: one per train step here."""
